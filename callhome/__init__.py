@@ -1,0 +1,60 @@
+"""callhome: an in-app telemetry agent for Reo.Dev's Product Usage API.
+
+One line in the host::
+
+    import callhome
+    callhome.init(product_id="acme-cli", api_key="...")
+
+then ``callhome.track("secondary1")`` wherever usage happens. Events go to a bounded buffer,
+a durable on-disk queue shared by the host's processes, and a background thread that delivers
+them. No call raises into the host, blocks it, or prints to stdout; opt-outs (``DO_NOT_TRACK``,
+``CALLHOME_DISABLED``, ``<PRODUCT>_TELEMETRY_DISABLED``) are honoured before anything is created.
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .agent import Agent
+
+__all__ = ["Agent", "__version__", "call_home", "flush", "init", "shutdown", "status", "track"]
+
+_default: Agent | None = None
+
+
+def _agent() -> Agent:
+    global _default
+    if _default is None:
+        _default = Agent()
+    return _default
+
+
+def init(product_id: str | None = None, **options: object) -> None:
+    """Configure the default agent (again, if called twice); see ``docs/configuration.md``."""
+    _agent().init(product_id=product_id, **options)
+
+
+def track(activity: str, user_id: str | None = None, user_id_type: str | None = None,
+          meta: dict | None = None, event_at: object = None) -> str | None:
+    """Queue one usage event; returns its ``event_id``, or None when it was not queued."""
+    return _default.track(activity, user_id, user_id_type, meta, event_at) if _default else None
+
+
+def call_home(meta: dict | None = None) -> str | None:
+    """Queue a ``CALL_HOME`` event now."""
+    return _default.call_home(meta) if _default else None
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Deliver everything queued so far; True when all of it was delivered within ``timeout``."""
+    return _default.flush(timeout) if _default else True
+
+
+def shutdown(timeout: float = 1.0) -> None:
+    """Flush within ``timeout``, keep the rest on disk for the next process, stop the worker."""
+    if _default is not None:
+        _default.shutdown(timeout)
+
+
+def status() -> dict:
+    """Whether telemetry is on and why, queue depth, drops by reason, the last send's result."""
+    return _agent().status()

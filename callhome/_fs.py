@@ -1,0 +1,82 @@
+"""Small filesystem helpers: where state lives, private directories, atomic writes.
+
+Only the worker (and the CLI) call these; the host's thread never touches the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+
+__all__ = ["atomic_write", "default_root", "ensure_private_dir", "product_dir", "read_json", "unlink_quietly", "write_json"]
+
+
+def default_root() -> str:
+    """The platform's per-user state directory for callhome (``platformdirs``, imported here)."""
+    import platformdirs
+
+    return platformdirs.user_state_dir("callhome", appauthor=False)
+
+
+def product_dir(product_id: str, root: str | None = None) -> str:
+    """``<root>/<product>``: one directory per product so two vendors never share state."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", product_id)[:48].strip("._") or "product"
+    if slug != product_id:
+        slug += "-" + hashlib.sha256(product_id.encode()).hexdigest()[:8]
+    return os.path.join(root or default_root(), slug)
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create ``path`` (0700) if needed and check that it is a directory this user owns.
+
+    :raises OSError: when it cannot be created or is not ours (e.g. left behind by ``sudo``).
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.stat(path)
+    if not os.path.isdir(path):
+        raise NotADirectoryError(path)
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to another user")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path} is not writable")
+    return path
+
+
+def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix."""
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+
+
+def read_json(path: str) -> dict:
+    """The JSON object stored at ``path``, or ``{}`` when it is missing or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            value = json.loads(f.read(65536))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_json(path: str, value: dict) -> None:
+    atomic_write(path, json.dumps(value, sort_keys=True).encode())
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

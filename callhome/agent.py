@@ -1,0 +1,266 @@
+"""The agent: what the host calls. Builds records on the host's thread and hands them over.
+
+Nothing here touches the disk, a lock or the network; the :class:`~callhome.worker.Worker` does.
+Every public method is guarded: it returns normally whatever happens, except that ``strict=True``
+turns the host's own mistakes (bad arguments) into ``ValueError`` while integrating.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+
+from ._version import __version__
+from .buffer import Buffer, Counters
+from .config import Config, resolve
+from .optout import Decision, decide
+from .payload import Rejected, clean_activity, clean_meta, clean_user, coerce_event_at, new_event_id, static_fields
+
+__all__ = ["Agent"]
+
+
+def _guarded(method):
+    """Never let an error reach the host, except a ValueError/TypeError it asked for with ``strict``."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (ValueError, TypeError):
+            if self._strict:
+                raise
+            self.counters.add("dropped.invalid")
+        except Exception:
+            self.counters.add("internal_errors")
+        return None
+
+    return guarded
+
+
+class Agent:
+    """One product's telemetry: ``init()``, ``track()``, ``call_home()``, ``flush()``, ``status()``.
+
+    The module-level functions of :mod:`callhome` use a default instance; a plugin that needs
+    its own product id can create another.
+    """
+
+    def __init__(self, product_id: str | None = None, **options: object) -> None:
+        self.config: Config | None = None
+        self.decision = Decision(False, "init() was not called")
+        self.buffer = Buffer(10000)
+        self.counters = Counters()
+        self.ephemeral_id = False
+        self._strict = bool(options.get("strict"))
+        self._static: dict = {}
+        self._base_meta: dict = {}
+        self._problems: deque = deque(maxlen=20)
+        self._worker = None
+        self._lock = threading.Lock()
+        self._exit_hooked = False
+        self._closed = False
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_weak_call(self, "_after_fork"))
+        if product_id is not None:
+            self.init(product_id=product_id, **options)
+
+    # -- configuration -------------------------------------------------------------------------
+    @_guarded
+    def init(self, product_id: str | None = None, **options: object) -> None:
+        """Configure (or reconfigure) the agent; see ``docs/configuration.md`` for every option.
+
+        Opt-outs are checked first: an opted-out agent creates no thread, file or socket.
+        :raises ValueError: only with ``strict=True``, for a bad argument.
+        """
+        self._strict = bool(options.get("strict"))
+        config = resolve(dict(options, product_id=product_id))
+        decision = decide(config)
+        with self._lock:
+            self.config, self.decision = config, decision
+            self._static = static_fields(config)
+            self._base_meta = {"callhome_version": __version__}
+            if config.product_version:
+                self._base_meta["product_version"] = config.product_version
+            self.buffer.maxlen = config.max_buffer
+            self.ephemeral_id = decision.is_ci
+            self._closed = False
+        if config.problems and self._strict:
+            raise ValueError("; ".join(config.problems))
+        self._problems.extend(config.problems)
+        if config.call_home_interval <= 0:
+            return
+        if config.debug:
+            self.call_home(meta={"automatic": True})  # shows what the automatic one would send
+        elif decision.enabled:
+            self._ensure_worker()  # the worker decides whether this process owes a CALL_HOME
+
+    # -- events --------------------------------------------------------------------------------
+    @_guarded
+    def track(self, activity: str, user_id: str | None = None, user_id_type: str | None = None,
+              meta: dict | None = None, event_at: object = None) -> str | None:
+        """Queue one event for ``/api/product/usage``; returns its ``event_id`` (None if not queued).
+
+        Cheap and non-blocking: the record is built here and handed to the worker.
+        """
+        return self._accept(self._build(activity, user_id, user_id_type, meta, event_at))
+
+    @_guarded
+    def call_home(self, meta: dict | None = None) -> str | None:
+        """Queue a ``CALL_HOME`` event (the key is ``call_home_activity``) now."""
+        activity = self.config.call_home_activity if self.config else "CALL_HOME"
+        return self._accept(self._build(activity, None, None, meta, None))
+
+    def _build(self, activity, user_id, user_id_type, meta, event_at) -> dict | None:
+        config = self.config
+        if config is None or self._closed or not (self.decision.enabled or config.debug):
+            return None
+        problems: list = []
+        try:
+            payload = dict(self._static, activity_type=clean_activity(activity, problems))
+        except Rejected as exc:
+            self._note([str(exc)])
+            self.counters.add("dropped.invalid")
+            return None
+        payload["event_id"] = new_event_id()
+        payload["event_at"] = coerce_event_at(event_at, time.time(), problems)
+        user = clean_user(user_id, user_id_type, problems)
+        if user:
+            payload["user_id"], payload["user_id_type"] = user
+        if config.domain:
+            payload["domain"] = config.domain
+        if config.ip_addr:
+            payload["ip_addr"] = config.ip_addr
+        extra = clean_meta(meta, problems)
+        extra.update(self._base_meta)
+        payload["meta"] = extra
+        if problems:
+            self._note(problems)
+        return {"v": 1, "kind": "usage", "payload": payload}
+
+    def _note(self, problems: list) -> None:
+        """Count the host's mistakes; ``strict`` makes them errors, otherwise ``status()`` lists them."""
+        if self._strict:
+            raise ValueError("; ".join(problems))
+        self.counters.add("coerced", len(problems))
+        self._problems.extend(problems)
+
+    def _accept(self, record: dict | None) -> str | None:
+        if record is None:
+            return None
+        if self.config.debug or not self.decision.enabled:
+            self._print(record)
+            return record["payload"]["event_id"]
+        if not self.buffer.put(record):
+            self.counters.add("dropped.buffer_full")
+            return None
+        self.counters.add("accepted")
+        worker = self._worker or self._ensure_worker()
+        if not worker._wake.is_set():
+            worker.wake()
+        return record["payload"]["event_id"]
+
+    def _print(self, record: dict) -> None:
+        """Debug mode: show the request that would be made, on stderr, and send nothing."""
+        import json
+
+        why = "debug mode" if self.decision.enabled else self.decision.reason
+        request = {"method": "POST", "url": self.config.endpoint + "/api/product/" +
+                   ("usage" if record["kind"] == "usage" else "aggregateusage"),
+                   "headers": {"X-API-KEY": "***" if self.config.api_key else "(none)"},
+                   "body": {"payload": record["payload"]}}
+        sys.stderr.write(f"[callhome] (not sent: {why}) {json.dumps(request, sort_keys=True)}\n")
+
+    # -- delivery --------------------------------------------------------------------------------
+    def _ensure_worker(self):
+        from .worker import Worker  # the worker's imports are the agent's only heavy ones
+
+        with self._lock:
+            if self._worker is None:
+                worker = Worker(self)
+                worker.start()
+                self._worker = worker
+                if not self._exit_hooked:
+                    atexit.register(_weak_call(self, "_at_exit"))
+                    self._exit_hooked = True
+            return self._worker
+
+    @_guarded
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Deliver everything queued so far (and any backlog on disk); True if it all went."""
+        if self.config is None or not self.decision.enabled or self.config.debug:
+            return True
+        return bool(self._ensure_worker().flush(timeout))
+
+    @_guarded
+    def shutdown(self, timeout: float = 1.0) -> None:
+        """Flush within ``timeout``, persist what remains for the next process, stop the thread."""
+        deadline = time.monotonic() + timeout
+        if self._worker is not None:
+            self._worker.flush(timeout)
+            self._worker.stop(max(deadline - time.monotonic(), 0))
+        self._worker = None
+        self._closed = True
+
+    def _at_exit(self) -> None:
+        try:
+            if self._worker is not None and self.config is not None:
+                self._worker.stop(self.config.exit_timeout)
+        except Exception:
+            pass  # never a traceback at the host's exit
+
+    def _after_fork(self) -> None:
+        # The parent owns the records it buffered and its thread is gone here: start clean.
+        self.buffer = Buffer(self.buffer.maxlen)
+        self.counters = Counters()
+        self._lock = threading.Lock()
+        self._worker = None
+
+    # -- transparency ----------------------------------------------------------------------------
+    @_guarded
+    def status(self) -> dict:
+        """What the agent is doing and why, without touching the disk (see ``docs/architecture.md``)."""
+        config, worker = self.config, self._worker
+        sender = worker.sender if worker else None
+        dropped = self.counters.snapshot("dropped.")
+        report = {
+            "version": __version__,
+            "product_id": config.product_id if config else None,
+            "enabled": self.decision.enabled,
+            "reason": self.decision.reason,
+            "debug": bool(config and config.debug),
+            "endpoint": config.endpoint if config else None,
+            "api_key": "set" if config and config.api_key else "missing",
+            "installation_id": worker.installation_id if worker else None,
+            "disk": "memory-only: " + worker.disk_error if worker and worker.disk_error else "ok",
+            "queue_dir": getattr(worker.queue, "dir", None) if worker else None,
+            "state": sender.state if sender else "idle",
+            "buffered": len(self.buffer),
+            "queued": worker.depth[0] if worker else 0,
+            "accepted": self.counters.get("accepted"),
+            "delivered": self.counters.get("delivered"),
+            "rejected": self.counters.get("rejected"),
+            "dropped": dropped,
+            "dropped_total": sum(dropped.values()),
+            "coerced": self.counters.get("coerced"),
+            "last_send": sender.last_send if sender else None,
+            "problems": list(self._problems),
+        }
+        report["held"] = report["queued"] if report["state"].startswith("held") else 0
+        return report
+
+
+def _weak_call(obj: object, name: str):
+    """A callback that does nothing once ``obj`` is gone (exit and fork hooks must not keep it alive)."""
+    ref = weakref.ref(obj)
+
+    def call() -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, name)()
+
+    return call

@@ -1,0 +1,201 @@
+"""Every option of ``callhome.init()``, its environment variable, and how it is resolved.
+
+Resolution is pure: ``resolve(kwargs, environ)`` returns a frozen :class:`Config`. A host's
+argument wins over the environment, except for the options an end user must control (opt-outs,
+``debug``), which ``optout`` reads. Bad environment values fall back to the default (an end user
+must never be able to crash the host); bad arguments raise ``ValueError`` only under ``strict``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+__all__ = ["DEFAULT_ENDPOINT", "ENV", "Config", "env_flag", "resolve"]
+
+DEFAULT_ENDPOINT = "https://ingest.reo.dev"
+
+#: Environment variables read by :func:`resolve`, with the option each one sets.
+ENV = {
+    "CALLHOME_ENDPOINT": "endpoint",
+    "CALLHOME_API_KEY": "api_key",
+    "REO_API_KEY": "api_key",
+    "CALLHOME_ENVIRONMENT": "environment",
+    "CALLHOME_DOMAIN": "domain",
+    "CALLHOME_IP_ADDR": "ip_addr",
+    "CALLHOME_DIR": "data_dir",
+    "CALLHOME_FLUSH_INTERVAL": "flush_interval",
+    "CALLHOME_CALL_HOME_INTERVAL": "call_home_interval",
+    "CALLHOME_TIMEOUT": "timeout",
+    "CALLHOME_RELAY": "relay",
+}
+
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+class Config:
+    """The resolved settings of one agent. Immutable: ``init()`` again builds a new one."""
+
+    __slots__ = (
+        "product_id", "api_key", "endpoint", "environment", "source", "domain", "ip_addr",
+        "relay", "product_version", "data_dir", "flush_interval", "call_home_interval",
+        "call_home_activity", "timeout", "exit_timeout", "debug", "strict", "enabled",
+        "send_in_ci", "env_prefix", "optout_env", "max_buffer", "max_queue_events",
+        "max_queue_bytes", "max_age", "max_attempts", "max_event_bytes", "fsync",
+        "problems",
+    )
+
+    def __init__(self, **values: object) -> None:
+        for name in self.__slots__:
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Config is immutable; call init() again to change it")
+
+    def __repr__(self) -> str:
+        shown = {n: getattr(self, n) for n in self.__slots__ if n != "api_key"}
+        shown["api_key"] = "***" if self.api_key else None
+        return f"Config({shown})"
+
+    def replace(self, **changes: object) -> Config:
+        values = {n: getattr(self, n) for n in self.__slots__}
+        values.update(changes)
+        return Config(**values)
+
+    @property
+    def has_identity(self) -> bool:
+        """True when events can carry the ``ip_addr`` or ``domain`` Reo requires (or a relay adds it)."""
+        return bool(self.domain or self.ip_addr or self.relay)
+
+
+#: option → (default, environment variables, parser). ``None`` parser means "a string".
+_OPTIONS = {
+    "api_key": (None, ("CALLHOME_API_KEY", "REO_API_KEY"), None),
+    "endpoint": (DEFAULT_ENDPOINT, ("CALLHOME_ENDPOINT",), None),
+    "environment": ("PRODUCTION", ("CALLHOME_ENVIRONMENT",), None),
+    "source": ("TELEMETRY", (), None),
+    "domain": (None, ("CALLHOME_DOMAIN",), None),
+    "ip_addr": (None, ("CALLHOME_IP_ADDR",), None),
+    "relay": (False, ("CALLHOME_RELAY",), "bool"),
+    "product_version": (None, (), None),
+    "data_dir": (None, ("CALLHOME_DIR",), None),
+    "flush_interval": (5.0, ("CALLHOME_FLUSH_INTERVAL",), "seconds"),
+    "call_home_interval": (86400.0, ("CALLHOME_CALL_HOME_INTERVAL",), "seconds"),
+    "call_home_activity": ("CALL_HOME", (), None),
+    "timeout": (5.0, ("CALLHOME_TIMEOUT",), "seconds"),
+    "exit_timeout": (0.05, (), "seconds"),
+    "debug": (False, (), "bool"),
+    "strict": (False, (), "bool"),
+    "enabled": (True, (), "bool"),
+    "send_in_ci": (False, (), "bool"),
+    "env_prefix": (None, (), None),
+    "optout_env": ((), (), "names"),
+    "max_buffer": (10000, (), "count"),
+    "max_queue_events": (10000, (), "count"),
+    "max_queue_bytes": (16 * 1024 * 1024, (), "count"),
+    "max_age": (7 * 86400.0, (), "seconds"),
+    "max_attempts": (12, (), "count"),
+    "max_event_bytes": (32 * 1024, (), "count"),
+    "fsync": (False, (), "bool"),
+}
+
+
+def resolve(kwargs: dict, environ: os._Environ | dict | None = None) -> Config:
+    """Build the :class:`Config` for ``init(**kwargs)`` under ``environ``.
+
+    :raises ValueError: for a bad argument when ``strict=True``, or a missing ``product_id``.
+    """
+    environ = os.environ if environ is None else environ
+    strict = bool(kwargs.get("strict", False))
+    unknown = set(kwargs) - set(_OPTIONS) - {"product_id"}
+    if unknown:
+        raise TypeError(f"init() got unexpected options: {', '.join(sorted(unknown))}")
+    product_id = kwargs.get("product_id")
+    if not isinstance(product_id, str) or not product_id.strip():
+        raise ValueError("product_id is required: a non-empty string such as 'acme-cli'")
+    problems: list[str] = []
+    values: dict = {"product_id": product_id.strip(), "problems": problems}
+    for name, (default, env_names, kind) in _OPTIONS.items():
+        values[name] = _resolve_one(name, kwargs, environ, default, env_names, kind, problems, strict)
+    values["endpoint"] = _check_endpoint(values["endpoint"], problems, strict)
+    values["source"] = _check_source(values["source"], problems, strict)
+    values["debug"] = values["debug"] or env_flag(environ.get("CALLHOME_DEBUG"))
+    values["data_dir"] = os.path.expanduser(values["data_dir"]) if values["data_dir"] else None
+    return Config(**values)
+
+
+def _resolve_one(name: str, kwargs: dict, environ, default, env_names, kind, problems, strict):
+    if kwargs.get(name) is not None:
+        parsed = _parse(kwargs[name], kind)
+        if parsed is not _BAD:
+            return parsed
+        if strict:
+            raise ValueError(f"{name}={kwargs[name]!r} is not valid")
+        problems.append(f"argument {name}={kwargs[name]!r} ignored: not valid")
+    for env_name in env_names:
+        raw = environ.get(env_name)
+        if raw is None or not raw.strip():
+            continue
+        parsed = _parse(raw.strip(), kind)
+        if parsed is not _BAD:
+            return parsed
+        problems.append(f"{env_name}={raw!r} ignored: not valid")
+    return default
+
+
+_BAD = object()
+
+
+def _parse(value: object, kind: str | None) -> object:
+    try:
+        if kind is None:
+            return str(value).strip() or _BAD
+        if kind == "bool":
+            return value if isinstance(value, bool) else env_flag(str(value))
+        if kind == "seconds":
+            seconds = float(value)  # type: ignore[arg-type]
+            return seconds if 0 <= seconds < 10 ** 9 else _BAD
+        if kind == "count":
+            count = int(value)  # type: ignore[call-overload]
+            return count if count > 0 else _BAD
+        if kind == "names":
+            return (value,) if isinstance(value, str) else tuple(str(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        pass
+    return _BAD
+
+
+_FALSE = ("", "0", "false", "no", "off", "n", "f", "disabled", "disable")
+
+
+def env_flag(raw: str | None) -> bool:
+    """The one boolean rule for callhome's variables (decision 3 of the research notes).
+
+    Trimmed and case-insensitive: unset, empty or an explicit negative
+    (``0/false/no/off/n/f/disabled``) is False; any other value is True. Never raises.
+    """
+    return raw is not None and raw.strip().lower() not in _FALSE
+
+
+def _check_endpoint(endpoint: str, problems: list, strict: bool) -> str:
+    match = re.match(r"^(https?)://(\[[^\]]+\]|[^/:]+)(:\d+)?/?$", endpoint)
+    if match and (match.group(1) == "https" or match.group(2).lower() in _LOOPBACK_HOSTS):
+        return endpoint.rstrip("/")
+    message = (f"endpoint {endpoint!r} refused: use https://, or http:// only to a loopback address, "
+               "with no path")
+    if strict:
+        raise ValueError(message)
+    problems.append(message)
+    return DEFAULT_ENDPOINT
+
+
+def _check_source(source: str, problems: list, strict: bool) -> str:
+    upper = source.upper()
+    if upper == "SAAS_PRODUCT":  # an older name of the same source in Reo's documentation
+        return "PRODUCT_CLOUD"
+    if upper in ("TELEMETRY", "PRODUCT_CLOUD"):
+        return upper
+    if strict:
+        raise ValueError(f"source must be TELEMETRY or PRODUCT_CLOUD, not {source!r}")
+    problems.append(f"source {source!r} ignored: not TELEMETRY or PRODUCT_CLOUD")
+    return "TELEMETRY"

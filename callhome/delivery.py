@@ -1,0 +1,232 @@
+"""One delivery cycle: claim batches from the queue, send their records, settle each answer.
+
+Runs on the worker thread only. Holds ``flush.lock`` for one bounded cycle so that one process
+per host sends at a time; the shared ``backoff`` and ``auth`` states keep every other process
+of the product off the network while the server is failing or refusing the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Callable
+
+from . import backoff
+from ._log import logger
+from .buffer import Counters
+from .config import Config
+from .optout import decide
+from .transport import AUTH, OK, REJECTED, RETRY, HttpTransport, SendResult
+
+__all__ = ["Sender"]
+
+#: How long a refused key keeps this product quiet before one probe, unless the key changes.
+AUTH_PAUSE = 3600.0
+CYCLE_BUDGET = 10.0
+
+
+def key_hash(api_key: str | None) -> str:
+    return hashlib.sha256((api_key or "").encode()).hexdigest()[:16]
+
+
+class Sender:
+    """Delivers the queue of one product; remembers the last answer for ``status()``."""
+
+    def __init__(self, queue, counters: Counters) -> None:
+        self.queue = queue
+        self.counters = counters
+        self.state = "idle"
+        self.last_send: dict | None = None
+        self._transport: HttpTransport | None = None
+        self._transport_for: tuple | None = None
+        self._lock = None
+        self._lock_pid = None
+
+    # -- the cycle -----------------------------------------------------------------------------
+    def run(self, config: Config, force: bool, between: Callable[[], None],
+            stopping: Callable[[], bool]) -> bool:
+        """Send what is eligible; True when the queue was left empty."""
+        now = time.time()
+        blocked = self._blocked(config, force, now)
+        if blocked:
+            self.state = blocked
+            return False
+        mode = self._acquire(force)
+        if mode is None:
+            self.state = "another process is sending"
+            return False
+        try:
+            self.queue.recover(mode == "L", now)
+            self.state = "sending"
+            finished = self._drain(config, mode, force, between, stopping, now + CYCLE_BUDGET)
+        finally:
+            self._release()
+        if finished:
+            self.state = "idle"
+        return finished and self.queue.depth()[0] == 0
+
+    def _blocked(self, config: Config, force: bool, now: float) -> str | None:
+        decision = decide(config)
+        if not decision.enabled:
+            return "disabled: " + str(decision.reason)
+        if not config.has_identity:
+            return "held: no ip_addr or domain configured"
+        auth = self.queue.state("auth")
+        if auth.get("key") == key_hash(config.api_key) and now < auth.get("until", 0):
+            return "auth_failed: the endpoint refused the API key"
+        if not force and now < self.queue.state("backoff").get("until", 0):
+            return "backoff: the endpoint failed; retrying later"
+        return None
+
+    def _drain(self, config, mode, force, between, stopping, deadline) -> bool:
+        for entry in self.queue.entries():
+            if entry.not_before > time.time() and not force:
+                break  # names sort by not-before: nothing further is eligible either
+            claim = self.queue.claim(entry, mode, time.time() + self._lease(config, entry))
+            if claim is None:
+                continue
+            if not self._send_batch(config, claim, between, stopping, deadline):
+                return False
+        return True
+
+    def _lease(self, config: Config, entry) -> float:
+        return min(600.0, (2 * config.timeout + 10) * (entry.count - entry.done))
+
+    def _send_batch(self, config, claim, between, stopping, deadline) -> bool:
+        """Send one claimed batch; False when the cycle must stop (failure, stop, out of time)."""
+        try:
+            records = self.queue.read(claim)
+        except OSError:
+            return True  # taken back meanwhile (lease expired): its new owner sends it
+        if not any(records):
+            self.queue.quarantine("inflight", claim.name, "unreadable")
+            self.counters.add("dropped.corrupt", claim.entry.count - claim.entry.done)
+            return True
+        done = claim.entry.done
+        while done < len(records):
+            if stopping() or time.time() > deadline:
+                self.queue.release(claim, done, claim.entry.attempt, time.time())
+                return False
+            settled = self._send_record(config, claim, records[done], done)
+            if not settled:
+                return False
+            done += 1
+            between()
+            if done < len(records):
+                claim = self.queue.renew(claim, done, time.time() + self._lease(config, claim.entry))
+                if claim is None:
+                    return True  # lost the claim (lease expired); the new owner goes on
+        self.counters.add("dropped.corrupt", claim.entry.count - len(records))
+        self.queue.ack(claim)
+        return True
+
+    def _send_record(self, config, claim, record, index) -> bool:
+        """Settle one record; False (after releasing the claim) when sending must pause."""
+        if record is None:
+            self.counters.add("dropped.corrupt")
+            return True
+        if not decide(config).enabled:
+            self.counters.add("dropped.opted_out")
+            return True
+        payload = fill_identity(record["payload"], config)
+        result = self._transport_for_config(config).send(record.get("kind", "usage"), payload)
+        self._remember(result)
+        if result.outcome == OK:
+            self.counters.add("delivered")
+            if self._backing_off:
+                self.queue.set_state("backoff", None)
+                self._backing_off = False
+            return True
+        if result.outcome == REJECTED:
+            self.counters.add("rejected")
+            self.queue.dead_letter(record, f"{result.status}: {result.detail}")
+            return True
+        return self._pause(config, claim, index, result)
+
+    _backing_off = True  # clear a stale shared backoff on the first success of this process
+
+    def _pause(self, config: Config, claim, index: int, result: SendResult) -> bool:
+        now = time.time()
+        if result.outcome == AUTH:
+            self.queue.set_state("auth", {"key": key_hash(config.api_key), "until": now + AUTH_PAUSE,
+                                          "detail": result.detail})
+            self.queue.release(claim, index, claim.entry.attempt, now)
+            logger().warning("callhome: the endpoint refused the API key; sending paused")
+            return False
+        failures = int(self.queue.state("backoff").get("failures", 0)) + 1
+        wait = max(result.retry_after or 0.0, backoff.delay(failures))
+        self.queue.set_state("backoff", {"until": now + wait, "failures": failures, "detail": result.detail})
+        self._backing_off = True
+        attempt = claim.entry.attempt + 1
+        if attempt >= config.max_attempts:
+            self.counters.add("dropped.retries", claim.entry.count - index)
+            self.queue.ack(claim)
+        else:
+            self.queue.release(claim, index, attempt, now + wait)
+        logger().debug("callhome: delivery failed (%s); retry in %.1fs", result.detail or result.status, wait)
+        return False
+
+    def _remember(self, result: SendResult) -> None:
+        self.last_send = {"at": time.time(), "outcome": result.outcome, "status": result.status,
+                          "detail": result.detail}
+
+    # -- resources -----------------------------------------------------------------------------
+    def _transport_for_config(self, config: Config) -> HttpTransport:
+        wanted = (config.endpoint, config.api_key, config.timeout)
+        if self._transport is None or self._transport_for != wanted:
+            if self._transport is not None:
+                self._transport.close()
+            self._transport = HttpTransport(*wanted)
+            self._transport_for = wanted
+        return self._transport
+
+    def _acquire(self, force: bool) -> str | None:
+        """``"L"`` with ``flush.lock`` held, ``None`` if another process holds it, ``"U"`` if locks fail."""
+        path = self.queue.lock_path("flush")
+        if path is None:
+            return "L"
+        try:
+            lock = self._flush_lock(path)
+            lock.acquire(timeout=0.5 if force else 0)
+            return "L"
+        except Exception as exc:  # filelock.Timeout, or a filesystem without working locks
+            if type(exc).__name__ == "Timeout":
+                return None
+            logger().debug("callhome: flush.lock unusable (%r); sending without it", exc)
+            return "U"
+
+    def _flush_lock(self, path: str):
+        if self._lock is None or self._lock_pid != os.getpid():
+            from filelock import FileLock  # imported on the worker only
+
+            try:
+                self._lock = FileLock(path, timeout=0, fallback_to_soft=False)
+            except TypeError:  # filelock < 3.30 has no fallback_to_soft (and never falls back silently)
+                self._lock = FileLock(path, timeout=0)
+            self._lock_pid = os.getpid()
+        return self._lock
+
+    def _release(self) -> None:
+        if self._lock is not None and self._lock.is_locked:
+            try:
+                self._lock.release()
+            except Exception:  # an EIO on close must not escape the worker
+                pass
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+def fill_identity(payload: dict, config: Config) -> dict:
+    """Add the configured ``domain``/``ip_addr`` to a record persisted before they were known."""
+    if payload.get("domain") or payload.get("ip_addr"):
+        return payload
+    filled = dict(payload)
+    if config.domain:
+        filled["domain"] = config.domain
+    if config.ip_addr:
+        filled["ip_addr"] = config.ip_addr
+    return filled

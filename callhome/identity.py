@@ -1,0 +1,60 @@
+"""The per-product installation id: random, created once, never derived from the machine."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ._fs import unlink_quietly
+from .payload import new_event_id
+
+__all__ = ["ID_FILE", "load_or_create", "reset"]
+
+ID_FILE = "installation_id"
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_EXPLAIN = ("# callhome installation id for product {product}: a random number, not derived from this\n"
+            "# machine or its user. Delete this file to get a new one; see docs/data.md.\n")
+
+
+def load_or_create(directory: str, product_id: str) -> str | None:
+    """The id stored in ``directory``, creating it atomically (mode 0600) on first use.
+
+    Two processes creating it at once agree on one id: the file is published with ``link()``,
+    which fails when it already exists. Returns None when it cannot be persisted: no id at all
+    is better than a new one per run.
+    """
+    path = os.path.join(directory, ID_FILE)
+    existing = _read(path)
+    if existing:
+        return existing
+    content = f"{new_event_id()}\n{_EXPLAIN.format(product=product_id)}".encode()
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    except OSError:
+        return None
+    finally:
+        unlink_quietly(tmp)
+    return _read(path)
+
+
+def reset(directory: str) -> None:
+    """Forget the installation id; the next run creates a new one."""
+    unlink_quietly(os.path.join(directory, ID_FILE))
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return first if _UUID.match(first) else None

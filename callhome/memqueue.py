@@ -1,0 +1,103 @@
+"""The queue a process falls back to when the disk cannot hold one (read-only, full, not ours).
+
+Same interface as :class:`callhome.queue.DiskQueue`, bounded, lost at exit: delivery goes on
+without raising or printing, and ``status()`` says the agent is memory-only and why.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .queue import Claim, Entry, _entry_name, parse_entry, unframe
+
+__all__ = ["MemoryQueue"]
+
+
+class MemoryQueue:
+    """Batches kept in this process only."""
+
+    dir = None
+    node = "memory"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self._ready: dict = {}
+        self._inflight: dict = {}
+        self._state: dict = {}
+
+    def open(self) -> MemoryQueue:
+        return self
+
+    def put(self, lines: list, now: float) -> int:
+        data = b"".join(lines)
+        name = _entry_name(now, now, 0, 0, len(lines), len(data), "%016x" % int(time.time_ns()))
+        self._ready[name] = lines
+        return len(data)
+
+    def entries(self):
+        for name in sorted(self._ready):
+            entry = parse_entry(name)
+            if entry is not None:
+                yield entry
+
+    def depth(self) -> tuple[int, int]:
+        entries = [parse_entry(n) for n in (*self._ready, *(c.entry.name for c in self._inflight))]
+        return (sum(e.count - e.done for e in entries if e), sum(e.size for e in entries if e))
+
+    def claim(self, entry: Entry, mode: str, lease_until: float) -> Claim | None:
+        lines = self._ready.pop(entry.name, None)
+        if lines is None:
+            return None
+        claim = Claim(entry, entry.name, mode)
+        self._inflight[claim] = lines
+        return claim
+
+    def read(self, claim: Claim) -> list:
+        return [unframe(line) for line in self._inflight.get(claim, ())]
+
+    def renew(self, claim: Claim, done: int, lease_until: float) -> Claim | None:
+        e = claim.entry
+        entry = parse_entry(_entry_name(e.not_before, e.created, e.attempt, done, e.count, e.size, e.batch))
+        if entry is None or claim not in self._inflight:
+            return None
+        renewed = Claim(entry, entry.name, claim.mode)
+        self._inflight[renewed] = self._inflight.pop(claim)
+        return renewed
+
+    def ack(self, claim: Claim) -> None:
+        self._inflight.pop(claim, None)
+
+    def release(self, claim: Claim, done: int, attempt: int, not_before: float) -> None:
+        lines = self._inflight.pop(claim, None)
+        if lines is not None:
+            e = claim.entry
+            self._ready[_entry_name(not_before, e.created, attempt, done, e.count, e.size, e.batch)] = lines
+
+    def recover(self, have_native_lock: bool, now: float) -> int:
+        return 0
+
+    def quarantine(self, sub: str, name: str, reason: str) -> None:
+        self._ready.pop(name, None)
+
+    def dead_letter(self, record: dict, detail: str) -> None:
+        pass
+
+    def prune(self, now: float, max_events: int, max_bytes: int, max_age: float) -> dict:
+        dropped = {"expired": 0, "queue_full": 0}
+        events = self.depth()[0]
+        for entry in list(self.entries()):
+            expired = now - entry.created > max_age
+            if expired or events > max_events:
+                del self._ready[entry.name]
+                dropped["expired" if expired else "queue_full"] += entry.count - entry.done
+                events -= entry.count - entry.done
+        return dropped
+
+    def state(self, name: str) -> dict:
+        return dict(self._state.get(name) or {})
+
+    def set_state(self, name: str, value: dict | None) -> None:
+        self._state[name] = value
+
+    def lock_path(self, name: str) -> None:
+        return None

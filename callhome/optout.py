@@ -1,0 +1,69 @@
+"""Whether this product may send telemetry now, and if not, why.
+
+Checked before the agent creates anything (thread, file, socket, exit hook) and again right
+before every send. Opt-outs are absorbing: the first reason found wins and nothing later in the
+order can turn telemetry back on; there is no force-enable variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .config import Config, env_flag
+
+__all__ = ["CI_VARIABLES", "Decision", "decide", "detect_ci", "product_variable"]
+
+#: Variables whose non-empty value means "this is a CI run" (one test per entry guards the list).
+CI_VARIABLES = (
+    "GITHUB_ACTIONS", "GITLAB_CI", "TF_BUILD", "BUILDKITE", "CIRCLECI", "TRAVIS", "APPVEYOR",
+    "JENKINS_URL", "TEAMCITY_VERSION", "CODEBUILD_BUILD_ID", "BITBUCKET_BUILD_NUMBER",
+    "BITBUCKET_COMMIT", "DRONE", "SEMAPHORE", "BUDDY", "JB_SPACE_API_URL", "CI_NAME",
+    "CONTINUOUS_INTEGRATION",
+)
+#: ``BUILD_ID`` alone is too generic; with one of these it is Jenkins or Google Cloud Build.
+_CI_PAIRS = (("BUILD_ID", "BUILD_URL"), ("BUILD_ID", "PROJECT_ID"))
+
+
+class Decision:
+    """The outcome of :func:`decide`: ``enabled``, and ``reason`` when it is not."""
+
+    __slots__ = ("enabled", "reason", "is_ci")
+
+    def __init__(self, enabled: bool, reason: str | None = None, is_ci: bool = False) -> None:
+        self.enabled = enabled
+        self.reason = reason
+        self.is_ci = is_ci
+
+    def __repr__(self) -> str:
+        return f"Decision(enabled={self.enabled}, reason={self.reason!r})"
+
+
+def product_variable(config: Config) -> str:
+    """``<PRODUCT>_TELEMETRY_DISABLED``: ``product_id`` upper-cased, other characters as ``_``."""
+    prefix = config.env_prefix or config.product_id
+    return re.sub(r"[^A-Z0-9]+", "_", prefix.upper()).strip("_") + "_TELEMETRY_DISABLED"
+
+
+def detect_ci(environ: os._Environ | dict) -> bool:
+    """True when a CI system's marker variable is set (``CI`` honours explicit negatives)."""
+    if env_flag(environ.get("CI")):
+        return True
+    if any((environ.get(name) or "").strip() for name in CI_VARIABLES):
+        return True
+    return any(all((environ.get(n) or "").strip() for n in pair) for pair in _CI_PAIRS)
+
+
+def decide(config: Config, environ: os._Environ | dict | None = None) -> Decision:
+    """Apply the precedence of ``docs/privacy.md``; the first opt-out found is the reason."""
+    environ = os.environ if environ is None else environ
+    if not config.enabled:
+        return Decision(False, "disabled by the host application (enabled=False)")
+    for name in ("CALLHOME_DISABLED", "CALLHOME_DISABLE", "DO_NOT_TRACK", product_variable(config),
+                 *config.optout_env):
+        if env_flag(environ.get(name)):
+            return Decision(False, f"disabled by {name}={environ.get(name, '').strip()}")
+    is_ci = detect_ci(environ)
+    if is_ci and not config.send_in_ci:
+        return Decision(False, "CI detected; the host did not set send_in_ci=True", is_ci=True)
+    return Decision(True, None, is_ci=is_ci)

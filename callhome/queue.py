@@ -1,0 +1,343 @@
+"""The durable queue shared by every process of a product: a directory of immutable batch files.
+
+Layout (see ``docs/architecture.md``)::
+
+    queue-v1/tmp/       in-progress writes, published by rename
+    queue-v1/ready/     <not-before>-<created>-<attempt>-<done>-<count>-<bytes>-<batch>.chq
+    queue-v1/inflight/  <ready name>.<node>.<pid>.<nonce>.<mode>.<lease>.clm   (claimed by a sender)
+    queue-v1/corrupt/   quarantined files that hold no readable record
+    queue-v1/dead/      records the server rejected, kept for inspection
+    queue-v1/locks/     flush.lock (one sender per host at a time) and state.lock
+    queue-v1/state/     backoff.json, auth.json, call_home.json (advisory, atomically replaced)
+
+Every state change is one ``rename`` or ``unlink``, so a crash at any point leaves each batch in
+exactly one place. The names are the index: depth and age come from a directory listing. Locks
+are hints: claims are exclusive because only one ``rename`` of a file can succeed, so a broken
+lock costs duplicates (same ``event_id``), never loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from typing import Iterator, NamedTuple
+
+from ._fs import atomic_write, ensure_private_dir, read_json, unlink_quietly, write_json
+
+__all__ = ["Claim", "DiskQueue", "Entry", "frame", "unframe"]
+
+_SUBDIRS = ("tmp", "ready", "inflight", "corrupt", "dead", "locks", "state")
+MAX_BATCH = 64
+#: A claim that lies further ahead than this was made by a clock that jumped; it is reclaimable.
+MAX_LEASE = 600.0
+MAX_KEPT_BAD = 50
+
+
+class Entry(NamedTuple):
+    """A ready batch, as its file name describes it."""
+
+    name: str
+    not_before: float
+    created: float
+    attempt: int
+    done: int
+    count: int
+    size: int
+    batch: str
+
+
+class Claim(NamedTuple):
+    """A batch this process renamed into ``inflight/``; only it may ack or release it."""
+
+    entry: Entry
+    name: str
+    mode: str
+
+
+def frame(record: dict) -> bytes:
+    """One record as a line: CRC32 of the JSON, a space, the JSON (``ensure_ascii`` keeps one line)."""
+    data = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+    return b"%08x %s\n" % (zlib.crc32(data), data)
+
+
+def unframe(line: bytes) -> dict | None:
+    """The record in ``line``, or None when it is torn, corrupted or not a record."""
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    data = line[9:].rstrip(b"\n")
+    try:
+        if int(line[:8], 16) != zlib.crc32(data):
+            return None
+        record = json.loads(data)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("payload"), dict) else None
+
+
+def _ms(seconds: float) -> int:
+    return int(max(seconds, 0) * 1000)
+
+
+def _entry_name(nb: float, cr: float, att: int, done: int, n: int, size: int, batch: str) -> str:
+    return f"{_ms(nb):013d}-{_ms(cr):013d}-{min(att, 99):02d}-{done:03d}-{n:03d}-{size:08d}-{batch}.chq"
+
+
+def parse_entry(name: str) -> Entry | None:
+    if not name.endswith(".chq"):
+        return None
+    parts = name[:-4].split("-")
+    if len(parts) != 7 or not all(p.isdigit() for p in parts[:6]) or len(parts[6]) != 16:
+        return None
+    nb, cr, att, done, n, size = (int(p) for p in parts[:6])
+    if n < 1 or done >= n:
+        return None
+    return Entry(name, nb / 1000, cr / 1000, att, done, n, size, parts[6])
+
+
+def _node_id() -> str:
+    """Which kernel this is: a flock proves a holder dead only on the same kernel."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            seed = f.read().strip()
+    except OSError:
+        seed = repr(os.uname() if hasattr(os, "uname") else os.environ.get("COMPUTERNAME")).encode()
+    return "%08x" % zlib.crc32(seed)
+
+
+class DiskQueue:
+    """The queue of one product under ``root`` (``<product dir>/queue-v1``)."""
+
+    def __init__(self, root: str, fsync: bool = False) -> None:
+        self.dir = os.path.join(root, "queue-v1")
+        self.fsync = fsync
+        self.node = _node_id()
+        self.pid = os.getpid()
+        self.nonce = os.urandom(3).hex()
+        self._seq = 0
+
+    def open(self) -> DiskQueue:
+        """Create the directories. :raises OSError: when the disk cannot hold a queue here."""
+        ensure_private_dir(os.path.dirname(self.dir))
+        ensure_private_dir(self.dir)
+        for sub in _SUBDIRS:
+            ensure_private_dir(self._path(sub))
+        return self
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    # -- writing ---------------------------------------------------------------------------
+    def put(self, lines: list, now: float) -> int:
+        """Publish framed records as batch files of at most ``MAX_BATCH``; returns bytes written.
+
+        :raises OSError: ENOSPC, EROFS, ... (nothing is left behind in ``tmp/``).
+        """
+        written = 0
+        for start in range(0, len(lines), MAX_BATCH):
+            chunk = lines[start:start + MAX_BATCH]
+            data = b"".join(chunk)
+            self._seq += 1
+            name = _entry_name(now, now, 0, 0, len(chunk), len(data), os.urandom(8).hex())
+            tmp = self._path("tmp", f"{self.node}.{self.pid}.{self.nonce}.{self._seq}.tmp")
+            self._write_new(tmp, data)
+            try:
+                os.rename(tmp, self._path("ready", name))
+            except OSError:
+                unlink_quietly(tmp)
+                raise
+            written += len(data)
+        return written
+
+    def _write_new(self, path: str, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            unlink_quietly(path)
+            raise
+        os.close(fd)
+
+    # -- reading the index -----------------------------------------------------------------
+    def _names(self, sub: str) -> list:
+        try:
+            return sorted(e.name for e in os.scandir(self._path(sub)))
+        except OSError:
+            return []
+
+    def entries(self) -> Iterator[Entry]:
+        """Ready batches, eligible first (names sort by not-before time), then FIFO."""
+        for name in self._names("ready"):
+            entry = parse_entry(name)
+            if entry is not None:
+                yield entry
+            elif name.endswith(".chq"):
+                self.quarantine("ready", name, "badname")
+
+    def depth(self) -> tuple[int, int]:
+        """(records, bytes) waiting in ``ready/`` and ``inflight/``, from names alone."""
+        events = size = 0
+        for sub in ("ready", "inflight"):
+            for name in self._names(sub):
+                entry = parse_entry(name.split(".chq")[0] + ".chq")
+                if entry is not None:
+                    events += entry.count - entry.done
+                    size += entry.size
+        return events, size
+
+    # -- claiming and finishing batches ----------------------------------------------------
+    def claim(self, entry: Entry, mode: str, lease_until: float) -> Claim | None:
+        """Take ``entry`` for sending; None when another process took it first."""
+        name = self.claim_name(entry, mode, lease_until)
+        try:
+            os.rename(self._path("ready", entry.name), self._path("inflight", name))
+        except FileNotFoundError:
+            return None
+        return Claim(entry, name, mode)
+
+    def read(self, claim: Claim) -> list:
+        """The records of a claimed batch (None for each unreadable line)."""
+        with open(self._path("inflight", claim.name), "rb") as f:
+            lines = f.read(16 * 1024 * 1024).splitlines(keepends=True)
+        return [unframe(line) for line in lines]
+
+    def renew(self, claim: Claim, done: int, lease_until: float) -> Claim | None:
+        """Record progress (``done`` records resolved) and extend the lease; None if the claim was lost."""
+        e = claim.entry
+        entry = parse_entry(_entry_name(e.not_before, e.created, e.attempt, done, e.count, e.size, e.batch))
+        if entry is None:
+            return None
+        renewed = self.claim_name(entry, claim.mode, lease_until)
+        try:
+            os.rename(self._path("inflight", claim.name), self._path("inflight", renewed))
+        except FileNotFoundError:
+            return None
+        return Claim(entry, renewed, claim.mode)
+
+    def claim_name(self, entry: Entry, mode: str, lease_until: float) -> str:
+        return f"{entry.name}.{self.node}.{self.pid}.{self.nonce}.{mode}.{_ms(lease_until):013d}.clm"
+
+    def ack(self, claim: Claim) -> None:
+        """The whole batch is resolved."""
+        unlink_quietly(self._path("inflight", claim.name))
+
+    def release(self, claim: Claim, done: int, attempt: int, not_before: float) -> None:
+        """Give a batch back to ``ready/`` to be tried again from record ``done`` after ``not_before``."""
+        self._release_name(claim.name, claim.entry, done, attempt, not_before)
+
+    def _release_name(self, inflight_name: str, e: Entry, done: int, attempt: int, not_before: float) -> None:
+        name = _entry_name(not_before, e.created, attempt, done, e.count, e.size, e.batch)
+        try:
+            os.rename(self._path("inflight", inflight_name), self._path("ready", name))
+        except FileNotFoundError:
+            pass
+
+    def recover(self, have_native_lock: bool, now: float) -> int:
+        """Give orphaned claims back to ``ready/``; returns how many.
+
+        A claim made under ``flush.lock`` (mode ``L``) on this kernel is orphaned as soon as we
+        hold that lock natively: the kernel released it when its holder died. Any other claim
+        is orphaned when its lease expires.
+        """
+        recovered = 0
+        for name in self._names("inflight"):
+            parsed = _parse_claim(name)
+            if parsed is None:
+                if name.endswith(".clm"):
+                    self.quarantine("inflight", name, "badname")
+                continue
+            entry, node, pid, nonce, mode, lease = parsed
+            mine = (node, pid, nonce) == (self.node, self.pid, self.nonce)
+            dead_holder = have_native_lock and mode == "L" and node == self.node
+            expired = now > lease or lease > now + MAX_LEASE
+            if mine or dead_holder or expired:
+                self._release_name(name, entry, entry.done, entry.attempt + (0 if mine else 1), now)
+                recovered += 1
+        return recovered
+
+    # -- keeping things bounded ------------------------------------------------------------
+    def quarantine(self, sub: str, name: str, reason: str) -> None:
+        try:
+            os.rename(self._path(sub, name), self._path("corrupt", f"{name}.{reason}.bad"))
+        except OSError:
+            unlink_quietly(self._path(sub, name))
+        self._trim("corrupt")
+
+    def dead_letter(self, record: dict, detail: str) -> None:
+        """Keep a record the server rejected, with the reason, for ``callhome status``/inspection."""
+        event_id = str(record.get("payload", {}).get("event_id", "unknown"))[:64]
+        body = json.dumps({"record": record, "detail": detail, "at": time.time()}).encode()
+        try:
+            atomic_write(self._path("dead", f"{_ms(time.time()):013d}-{event_id}.json"), body)
+        except OSError:
+            return
+        self._trim("dead")
+
+    def _trim(self, sub: str) -> None:
+        names = self._names(sub)
+        for name in names[:max(len(names) - MAX_KEPT_BAD, 0)]:
+            unlink_quietly(self._path(sub, name))
+
+    def prune(self, now: float, max_events: int, max_bytes: int, max_age: float) -> dict:
+        """Drop expired batches, then the oldest until under the caps; returns {reason: records}."""
+        dropped = {"expired": 0, "queue_full": 0}
+        entries = sorted(self.entries(), key=lambda e: e.created)
+        events = sum(e.count - e.done for e in entries)
+        size = sum(e.size for e in entries)
+        for entry in entries:
+            expired = now - entry.created > max_age
+            if not expired and events <= max_events and size <= max_bytes:
+                continue
+            try:
+                os.unlink(self._path("ready", entry.name))
+            except OSError:
+                continue
+            dropped["expired" if expired else "queue_full"] += entry.count - entry.done
+            events -= entry.count - entry.done
+            size -= entry.size
+        self._sweep_tmp(now)
+        return dropped
+
+    def _sweep_tmp(self, now: float) -> None:
+        for name in self._names("tmp"):
+            path = self._path("tmp", name)
+            try:
+                if now - os.stat(path).st_mtime > 3600:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    # -- shared advisory state -------------------------------------------------------------
+    def state(self, name: str) -> dict:
+        return read_json(self._path("state", name + ".json"))
+
+    def set_state(self, name: str, value: dict | None) -> None:
+        path = self._path("state", name + ".json")
+        try:
+            if value is None:
+                unlink_quietly(path)
+            else:
+                write_json(path, value)
+        except OSError:
+            pass
+
+    def lock_path(self, name: str) -> str:
+        return self._path("locks", name + ".lock")
+
+
+def _parse_claim(name: str) -> tuple | None:
+    if not name.endswith(".clm"):
+        return None
+    head, _, tail = name[:-4].partition(".chq.")
+    parts = tail.split(".")
+    entry = parse_entry(head + ".chq")
+    if entry is None or len(parts) != 5 or not parts[1].isdigit() or not parts[4].isdigit():
+        return None
+    node, pid, nonce, mode, lease = parts
+    return entry, node, int(pid), nonce, mode, int(lease) / 1000

@@ -1,0 +1,112 @@
+"""One HTTP request per record, and what its answer means (``classify``).
+
+``requests`` is imported when the first transport is built, on the worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ._version import __version__
+from .backoff import parse_retry_after
+from .schema import AGGREGATE_PATH, USAGE_PATH
+
+__all__ = ["AUTH", "OK", "REJECTED", "RETRY", "HttpTransport", "SendResult", "classify"]
+
+OK = "ok"                #: delivered
+AUTH = "auth"            #: the key was refused: pause sending, keep the queue
+REJECTED = "rejected"    #: the server will never take this record: dead-letter it
+RETRY = "retry"          #: try again later (network, 408, 429, 5xx, misconfigured endpoint)
+
+_PATHS = {"usage": USAGE_PATH, "aggregate": AGGREGATE_PATH}
+#: Answers that mean "wrong endpoint" rather than "bad record": keep the queue, retry slowly.
+_MISCONFIGURED = {301, 302, 303, 307, 308, 404, 405, 501, 505}
+MISCONFIGURED_DELAY = 300.0
+
+
+class SendResult:
+    """What one request came to."""
+
+    __slots__ = ("outcome", "status", "retry_after", "detail")
+
+    def __init__(self, outcome: str, status: int | None = None, retry_after: float | None = None,
+                 detail: str = "") -> None:
+        self.outcome = outcome
+        self.status = status
+        self.retry_after = retry_after
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"SendResult({self.outcome}, status={self.status}, detail={self.detail!r})"
+
+
+def classify(status: int, body: object, retry_after: str | None = None, now: float | None = None) -> SendResult:
+    """Map an HTTP answer to an outcome, following ``docs/architecture.md`` (delivery states).
+
+    Reo signals an authentication failure as ``{"response_code": 400, "response":
+    "Authentication Failure", "status": "failure"}`` whatever the HTTP status, and success as
+    2xx with ``status: success``; a 2xx whose body says failure is not a delivery.
+    """
+    now = time.time() if now is None else now
+    detail = _detail(body)
+    if _is_auth_failure(status, body):
+        return SendResult(AUTH, status, None, detail or "authentication failure")
+    said_failure = isinstance(body, dict) and str(body.get("status", "success")).lower() != "success"
+    if 200 <= status < 300:
+        return SendResult(REJECTED if said_failure else OK, status, None, detail)
+    if status in (408, 429) or (500 <= status < 600 and status not in _MISCONFIGURED):
+        return SendResult(RETRY, status, parse_retry_after(retry_after, now), detail)
+    if status in _MISCONFIGURED:
+        return SendResult(RETRY, status, MISCONFIGURED_DELAY, detail or "endpoint answered %d" % status)
+    return SendResult(REJECTED, status, None, detail)
+
+
+def _detail(body: object) -> str:
+    if isinstance(body, dict):
+        return str(body.get("response") or body.get("message") or "")[:300]
+    return ""
+
+
+def _is_auth_failure(status: int, body: object) -> bool:
+    if status in (401, 403):
+        return True
+    text = _detail(body).lower()
+    return "authentication" in text or "unauthori" in text or "api key" in text
+
+
+class HttpTransport:
+    """Posts ``{"payload": ...}`` to the endpoint over one keep-alive ``requests.Session``."""
+
+    def __init__(self, endpoint: str, api_key: str | None, timeout: float) -> None:
+        import requests
+
+        self._requests = requests
+        self.endpoint = endpoint
+        self.timeout = (min(3.0, timeout), timeout)
+        self.session = requests.Session()
+        self.session.headers.update({"Content-Type": "application/json",
+                                     "User-Agent": f"callhome/{__version__}"})
+        if api_key:
+            self.session.headers["X-API-KEY"] = api_key
+
+    def send(self, kind: str, payload: dict) -> SendResult:
+        """POST one record; never raises."""
+        try:
+            response = self.session.post(
+                self.endpoint + _PATHS[kind], json={"payload": payload}, timeout=self.timeout,
+                allow_redirects=False, headers={"Idempotency-Key": str(payload.get("event_id", ""))})
+        except self._requests.RequestException as exc:
+            return SendResult(RETRY, None, None, _describe(exc))
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return classify(response.status_code, body, response.headers.get("Retry-After"))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason for a network failure, without the URL's query or any header."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

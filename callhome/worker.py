@@ -1,0 +1,215 @@
+"""The background thread: buffer → disk queue → delivery, plus flush requests and exit.
+
+One daemon thread per agent per process, started lazily; it never delays the host's exit.
+Everything that touches the disk, a lock or the network happens here (or in the bounded exit
+hook when the worker could not persist in time).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+from . import identity
+from ._fs import product_dir
+from ._log import logger
+from .delivery import Sender
+from .memqueue import MemoryQueue
+from .queue import DiskQueue, frame
+
+__all__ = ["Worker"]
+
+MAINTENANCE_INTERVAL = 60.0
+DEPTH_REFRESH = 5.0
+
+
+class Worker:
+    """Owns the queue, the sender and the thread for one :class:`callhome.agent.Agent`."""
+
+    def __init__(self, agent) -> None:
+        self.agent = agent
+        self.queue = None
+        self.sender: Sender | None = None
+        self.installation_id: str | None = None
+        self.disk_error: str | None = None
+        self.depth = (0, 0)
+        self._depth_at = 0.0
+        self._maintained_at = 0.0
+        self._wake = threading.Event()
+        self._done = threading.Condition()
+        self._put_lock = threading.Lock()
+        self._setup_lock = threading.Lock()
+        self._flush_wanted = 0
+        self._flush_done = 0
+        self._flush_ok = False
+        self._stopping = False
+        self.thread = threading.Thread(target=self._run, name="callhome-worker", daemon=True)
+
+    # -- called from the host's threads ------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Ask for a forced delivery cycle and wait for it (at most ``timeout`` seconds)."""
+        with self._done:
+            self._flush_wanted += 1
+            ticket = self._flush_wanted
+        self._wake.set()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._done:
+            while self._flush_done < ticket:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.thread.is_alive():
+                    return False
+                self._done.wait(remaining)
+            return self._flush_ok
+
+    def stop(self, timeout: float) -> None:
+        """Persist what the buffer holds and let the thread finish, within ``timeout`` seconds."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._stopping = True
+        self._wake.set()
+        if self.agent.buffer and self._setup_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            try:
+                self._setup()
+            finally:
+                self._setup_lock.release()
+            self.persist(deadline)
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(max(deadline - time.monotonic(), 0))
+
+    # -- the thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            with self._setup_lock:
+                self._setup()
+            self._maybe_call_home()
+            while not self._stopping:
+                self._wake.wait(self._interval())
+                self._wake.clear()
+                self._cycle()
+        except Exception:  # the host must never see our failures, not even as a thread traceback
+            logger().debug("callhome: worker stopped by an unexpected error", exc_info=True)
+        finally:
+            if self.sender is not None:
+                self.sender.close()
+
+    def _interval(self) -> float:
+        # jittered so that a fleet started together does not call home in lockstep
+        return self.agent.config.flush_interval * random.uniform(0.8, 1.2)
+
+    def _cycle(self) -> None:
+        with self._done:
+            ticket = self._flush_wanted
+        forced = ticket > self._flush_done
+        self.persist()
+        if self._stopping:
+            return
+        emptied = self.sender.run(self.agent.config, forced, self.persist, lambda: self._stopping)
+        self._refresh_depth(force=True)
+        if forced:
+            with self._done:
+                self._flush_ok = emptied and not self.agent.buffer
+                self._flush_done = ticket
+                self._done.notify_all()
+        self._maintain()
+
+    def _setup(self) -> None:
+        """Open the queue (or fall back to memory) and read the installation id. Idempotent."""
+        if self.queue is not None:
+            return
+        config = self.agent.config
+        try:
+            directory = product_dir(config.product_id, config.data_dir)
+            self.queue = DiskQueue(directory, config.fsync).open()
+            self.installation_id = None if self.agent.ephemeral_id else identity.load_or_create(
+                directory, config.product_id)
+        except Exception as exc:  # read-only home, not ours, no HOME at all, ...
+            self._go_memory_only(exc)
+        self.sender = Sender(self.queue, self.agent.counters)
+
+    def _go_memory_only(self, exc: BaseException) -> None:
+        self.disk_error = f"{type(exc).__name__}: {exc}"
+        logger().debug("callhome: disk queue unusable (%s); memory-only delivery", self.disk_error)
+        self.queue = MemoryQueue(self.disk_error)
+        if self.sender is not None:
+            self.sender.queue = self.queue
+
+    def _maybe_call_home(self) -> None:
+        """Queue the automatic CALL_HOME when none was sent within ``call_home_interval`` (any process)."""
+        config = self.agent.config
+        if config.call_home_interval <= 0 or isinstance(self.queue, MemoryQueue):
+            return  # without shared state the interval cannot be kept: send none rather than many
+        try:
+            from filelock import FileLock
+
+            with FileLock(self.queue.lock_path("state"), timeout=2):
+                last = float(self.queue.state("call_home").get("at", 0))
+                if time.time() - last < config.call_home_interval:
+                    return
+                self.queue.set_state("call_home", {"at": time.time()})
+        except Exception:
+            logger().debug("callhome: automatic CALL_HOME skipped", exc_info=True)
+            return
+        self.agent.call_home(meta={"automatic": True})
+
+    # -- persisting --------------------------------------------------------------------------
+    def persist(self, deadline: float | None = None) -> None:
+        """Move buffered records to the queue; the disk failing moves us to memory-only."""
+        timeout = -1 if deadline is None else max(deadline - time.monotonic(), 0)
+        if not self.agent.buffer or not self._put_lock.acquire(timeout=timeout):
+            return
+        try:
+            records = self.agent.buffer.drain()
+            lines = [line for line in map(self._frame, records) if line]
+            if lines:
+                self._put(lines)
+        finally:
+            self._put_lock.release()
+
+    def _frame(self, record: dict) -> bytes | None:
+        if self.installation_id:
+            record["payload"].setdefault("meta", {})["installation_id"] = self.installation_id
+        line = frame(record)
+        if len(line) > self.agent.config.max_event_bytes:
+            self.agent.counters.add("dropped.oversize")
+            return None
+        return line
+
+    def _put(self, lines: list) -> None:
+        config = self.agent.config
+        self._refresh_depth()
+        events, size = self.depth
+        if events + len(lines) > config.max_queue_events or size > config.max_queue_bytes:
+            self._prune()
+            if self.depth[0] + len(lines) > config.max_queue_events:
+                self.agent.counters.add("dropped.queue_full", len(lines))
+                return
+        try:
+            written = self.queue.put(lines, time.time())
+        except OSError as exc:
+            self._go_memory_only(exc)
+            written = self.queue.put(lines, time.time())
+        self.depth = (self.depth[0] + len(lines), self.depth[1] + written)
+
+    def _refresh_depth(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._depth_at > DEPTH_REFRESH:
+            self.depth = self.queue.depth()
+            self._depth_at = time.monotonic()
+
+    def _prune(self) -> None:
+        config = self.agent.config
+        dropped = self.queue.prune(time.time(), config.max_queue_events, config.max_queue_bytes,
+                                   config.max_age)
+        for reason, count in dropped.items():
+            self.agent.counters.add("dropped." + reason, count)
+        self._refresh_depth(force=True)
+
+    def _maintain(self) -> None:
+        if time.monotonic() - self._maintained_at > MAINTENANCE_INTERVAL:
+            self._maintained_at = time.monotonic()
+            self._prune()
