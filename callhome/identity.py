@@ -8,7 +8,7 @@ import re
 from ._fs import unlink_quietly
 from .payload import new_event_id
 
-__all__ = ["ID_FILE", "load_or_create", "reset"]
+__all__ = ["ID_FILE", "load_or_create", "read", "reset"]
 
 ID_FILE = "installation_id"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -49,6 +49,11 @@ def load_or_create(directory: str, product_id: str) -> str | None:
 def reset(directory: str) -> None:
     """Forget the installation id; the next run creates a new one."""
     unlink_quietly(os.path.join(directory, ID_FILE))
+
+
+def read(directory: str) -> str | None:
+    """The installation id stored in ``directory``, or None."""
+    return _read(os.path.join(directory, ID_FILE))
 
 
 def _read(path: str) -> str | None:

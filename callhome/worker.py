@@ -126,6 +126,8 @@ class Worker:
         try:
             directory = product_dir(config.product_id, config.data_dir)
             self.queue = DiskQueue(directory, config.fsync).open()
+            self.queue.set_state("agent", {"endpoint": config.endpoint, "domain": config.domain,
+                                           "ip_addr": config.ip_addr, "relay": config.relay})
             self.installation_id = None if self.agent.ephemeral_id else identity.load_or_create(
                 directory, config.product_id)
         except Exception as exc:  # read-only home, not ours, no HOME at all, ...
