@@ -89,8 +89,6 @@ class Agent:
             self.buffer.maxlen = config.max_buffer
             self.ephemeral_id = decision.is_ci
             self._closed = False
-        if config.problems and self._strict:
-            raise ValueError("; ".join(config.problems))
         self._problems.extend(config.problems)
         if config.call_home_interval <= 0:
             return

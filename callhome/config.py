@@ -57,11 +57,6 @@ class Config:
         shown["api_key"] = "***" if self.api_key else None
         return f"Config({shown})"
 
-    def replace(self, **changes: object) -> Config:
-        values = {n: getattr(self, n) for n in self.__slots__}
-        values.update(changes)
-        return Config(**values)
-
     @property
     def has_identity(self) -> bool:
         """True when events can carry the ``ip_addr`` or ``domain`` Reo requires (or a relay adds it)."""
@@ -71,9 +66,9 @@ class Config:
 #: option → (default, environment variables, parser). ``None`` parser means "a string".
 _OPTIONS = {
     "api_key": (None, ("CALLHOME_API_KEY", "REO_API_KEY"), None),
-    "endpoint": (DEFAULT_ENDPOINT, ("CALLHOME_ENDPOINT",), None),
+    "endpoint": (DEFAULT_ENDPOINT, ("CALLHOME_ENDPOINT",), "endpoint"),
     "environment": ("PRODUCTION", ("CALLHOME_ENVIRONMENT",), None),
-    "source": ("TELEMETRY", (), None),
+    "source": ("TELEMETRY", (), "source"),
     "domain": (None, ("CALLHOME_DOMAIN",), None),
     "ip_addr": (None, ("CALLHOME_IP_ADDR",), None),
     "relay": (False, ("CALLHOME_RELAY",), "bool"),
@@ -103,7 +98,11 @@ _OPTIONS = {
 def resolve(kwargs: dict, environ: os._Environ | dict | None = None) -> Config:
     """Build the :class:`Config` for ``init(**kwargs)`` under ``environ``.
 
+    A bad environment value is recorded in ``Config.problems`` and ignored, even under
+    ``strict``: whoever runs the product must not be able to crash it.
+
     :raises ValueError: for a bad argument when ``strict=True``, or a missing ``product_id``.
+    :raises TypeError: for an option that does not exist.
     """
     environ = os.environ if environ is None else environ
     strict = bool(kwargs.get("strict", False))
@@ -117,8 +116,6 @@ def resolve(kwargs: dict, environ: os._Environ | dict | None = None) -> Config:
     values: dict = {"product_id": product_id.strip(), "problems": problems}
     for name, (default, env_names, kind) in _OPTIONS.items():
         values[name] = _resolve_one(name, kwargs, environ, default, env_names, kind, problems, strict)
-    values["endpoint"] = _check_endpoint(values["endpoint"], problems, strict)
-    values["source"] = _check_source(values["source"], problems, strict)
     values["debug"] = values["debug"] or env_flag(environ.get("CALLHOME_DEBUG"))
     values["data_dir"] = os.path.expanduser(values["data_dir"]) if values["data_dir"] else None
     return Config(**values)
@@ -129,9 +126,10 @@ def _resolve_one(name: str, kwargs: dict, environ, default, env_names, kind, pro
         parsed = _parse(kwargs[name], kind)
         if parsed is not _BAD:
             return parsed
+        message = _invalid(f"argument {name}={kwargs[name]!r}", kind)
         if strict:
-            raise ValueError(f"{name}={kwargs[name]!r} is not valid")
-        problems.append(f"argument {name}={kwargs[name]!r} ignored: not valid")
+            raise ValueError(message)
+        problems.append(message)
     for env_name in env_names:
         raw = environ.get(env_name)
         if raw is None or not raw.strip():
@@ -139,11 +137,18 @@ def _resolve_one(name: str, kwargs: dict, environ, default, env_names, kind, pro
         parsed = _parse(raw.strip(), kind)
         if parsed is not _BAD:
             return parsed
-        problems.append(f"{env_name}={raw!r} ignored: not valid")
+        problems.append(_invalid(f"{env_name}={raw!r}", kind))
     return default
 
 
 _BAD = object()
+_HINTS = {"endpoint": "use https://, or http:// only to a loopback address, with no path",
+          "source": "use TELEMETRY or PRODUCT_CLOUD", "seconds": "use a number of seconds >= 0",
+          "count": "use a whole number > 0", "bool": "use true or false"}
+
+
+def _invalid(what: str, kind: str | None) -> str:
+    return f"{what} ignored: {_HINTS.get(kind or '', 'use a non-empty string')}"
 
 
 def _parse(value: object, kind: str | None) -> object:
@@ -160,6 +165,10 @@ def _parse(value: object, kind: str | None) -> object:
             return count if count > 0 else _BAD
         if kind == "names":
             return (value,) if isinstance(value, str) else tuple(str(v) for v in value)  # type: ignore[union-attr]
+        if kind == "endpoint":
+            return _endpoint(str(value))
+        if kind == "source":
+            return _source(str(value))
     except (TypeError, ValueError):
         pass
     return _BAD
@@ -177,25 +186,16 @@ def env_flag(raw: str | None) -> bool:
     return raw is not None and raw.strip().lower() not in _FALSE
 
 
-def _check_endpoint(endpoint: str, problems: list, strict: bool) -> str:
-    match = re.match(r"^(https?)://(\[[^\]]+\]|[^/:]+)(:\d+)?/?$", endpoint)
+def _endpoint(endpoint: str) -> object:
+    """``https://host[:port]``, or ``http://`` to loopback only (the collector in development)."""
+    match = re.match(r"^(https?)://(\[[^\]]+\]|[^/:]+)(:\d+)?/?$", endpoint.strip())
     if match and (match.group(1) == "https" or match.group(2).lower() in _LOOPBACK_HOSTS):
-        return endpoint.rstrip("/")
-    message = (f"endpoint {endpoint!r} refused: use https://, or http:// only to a loopback address, "
-               "with no path")
-    if strict:
-        raise ValueError(message)
-    problems.append(message)
-    return DEFAULT_ENDPOINT
+        return endpoint.strip().rstrip("/")
+    return _BAD
 
 
-def _check_source(source: str, problems: list, strict: bool) -> str:
-    upper = source.upper()
+def _source(source: str) -> object:
+    upper = source.strip().upper()
     if upper == "SAAS_PRODUCT":  # an older name of the same source in Reo's documentation
         return "PRODUCT_CLOUD"
-    if upper in ("TELEMETRY", "PRODUCT_CLOUD"):
-        return upper
-    if strict:
-        raise ValueError(f"source must be TELEMETRY or PRODUCT_CLOUD, not {source!r}")
-    problems.append(f"source {source!r} ignored: not TELEMETRY or PRODUCT_CLOUD")
-    return "TELEMETRY"
+    return upper if upper in ("TELEMETRY", "PRODUCT_CLOUD") else _BAD

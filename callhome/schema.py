@@ -8,7 +8,6 @@ The agent builds payloads that pass these checks; the collector rejects payloads
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import time
 
@@ -39,8 +38,8 @@ MAX_META_KEYS = 64
 _COMMON = {"activity_type", "source", "environment", "user_id", "user_id_type", "ip_addr", "domain",
            "event_id", "event_at", "product_id", "user_agent", "meta"}
 _FIELDS = {"usage": _COMMON, "aggregate": _COMMON | {"mode", "count"}}
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-                        r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")
+_DOMAIN = (r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+           r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")  # compiled on first use: import cost
 
 
 class FieldError:
@@ -118,7 +117,7 @@ def _check_source_and_identity(payload: dict, kind: str) -> list[FieldError]:
     ip_addr, domain = payload.get("ip_addr"), payload.get("domain")
     if ip_addr is not None and not _is_ip(ip_addr):
         errors.append(FieldError("ip_addr", "must be an IPv4 or IPv6 address"))
-    if _is_str(domain) and not _DOMAIN_RE.match(domain):
+    if _is_str(domain) and not re.match(_DOMAIN, domain):
         errors.append(FieldError("domain", "must be a domain name"))
     if source == "TELEMETRY" and not (_is_str(ip_addr) or _is_str(domain)):
         errors.append(FieldError("ip_addr", "either ip_addr or domain is required"))
@@ -130,6 +129,8 @@ def _check_source_and_identity(payload: dict, kind: str) -> list[FieldError]:
 def _is_ip(value: object) -> bool:
     if not isinstance(value, str):
         return False
+    import ipaddress
+
     try:
         ipaddress.ip_address(value)
     except ValueError:
