@@ -86,6 +86,8 @@ class Agent:
             self._base_meta = {"callhome_version": __version__}
             if config.product_version:
                 self._base_meta["product_version"] = config.product_version
+            if decision.is_ci:
+                self._base_meta["is_ci"] = True
             self.buffer.maxlen = config.max_buffer
             self.ephemeral_id = decision.is_ci
             self._closed = False

@@ -52,6 +52,9 @@ class Config:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Config is immutable; call init() again to change it")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Config is immutable; call init() again to change it")
+
     def __repr__(self) -> str:
         shown = {n: getattr(self, n) for n in self.__slots__ if n != "api_key"}
         shown["api_key"] = "***" if self.api_key else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from typing import Callable
 
@@ -23,7 +24,25 @@ __all__ = ["Sender"]
 
 #: How long a refused key keeps this product quiet before one probe, unless the key changes.
 AUTH_PAUSE = 3600.0
+#: One process holds ``flush.lock`` for at most this long, then lets others have a turn.
 CYCLE_BUDGET = 10.0
+#: Records waiting beyond which a second connection drains in parallel.
+PARALLEL_BACKLOG = 64
+
+
+class _Cycle:
+    """One delivery cycle's settings, sending mode, deadline and stop flag, shared by its threads."""
+
+    __slots__ = ("config", "mode", "force", "between", "stopping", "deadline", "halted")
+
+    def __init__(self, config: Config, mode: str, force: bool, between: Callable[[], None],
+                 stopping: Callable[[], bool], deadline: float) -> None:
+        self.config, self.mode, self.force = config, mode, force
+        self.between, self.stopping, self.deadline = between, stopping, deadline
+        self.halted = False
+
+    def over(self) -> bool:
+        return self.halted or self.stopping() or time.time() > self.deadline
 
 
 def key_hash(api_key: str | None) -> str:
@@ -38,8 +57,7 @@ class Sender:
         self.counters = counters
         self.state = "idle"
         self.last_send: dict | None = None
-        self._transport: HttpTransport | None = None
-        self._transport_for: tuple | None = None
+        self._transports: dict = {}
         self._lock = None
         self._lock_pid = None
 
@@ -56,10 +74,11 @@ class Sender:
         if mode is None:
             self.state = "another process is sending"
             return False
+        cycle = _Cycle(config, mode, force, between, stopping, now + CYCLE_BUDGET)
         try:
             self.queue.recover(mode == "L", now)
             self.state = "sending"
-            finished = self._drain(config, mode, force, between, stopping, now + CYCLE_BUDGET)
+            finished = self._drain_all(cycle)
         finally:
             self._release()
         if finished:
@@ -79,21 +98,35 @@ class Sender:
             return "backoff: the endpoint failed; retrying later"
         return None
 
-    def _drain(self, config, mode, force, between, stopping, deadline) -> bool:
+    def _drain_all(self, cycle: _Cycle) -> bool:
+        """Drain with one connection, and a second one in parallel when the backlog is large.
+
+        Reo takes one record per request, so a round trip bounds throughput; two requests in
+        flight overlap the client's work with the server's.
+        """
+        if self.queue.dir is None or self.queue.depth()[0] <= PARALLEL_BACKLOG:
+            return self._drain(cycle, 0)
+        results: list = []
+        helper = threading.Thread(target=lambda: results.append(self._drain(cycle, 1)),
+                                  name="callhome-sender", daemon=True)
+        helper.start()
+        finished = self._drain(cycle, 0)
+        helper.join(max(cycle.deadline - time.time(), 0) + 2 * cycle.config.timeout)
+        return finished and results == [True]
+
+    def _drain(self, cycle: _Cycle, slot: int) -> bool:
         for entry in self.queue.entries():
-            if entry.not_before > time.time() and not force:
+            if entry.not_before > time.time() and not cycle.force:
                 break  # names sort by not-before: nothing further is eligible either
-            claim = self.queue.claim(entry, mode, time.time() + self._lease(config, entry))
-            if claim is None:
-                continue
-            if not self._send_batch(config, claim, between, stopping, deadline):
+            claim = self.queue.claim(entry, cycle.mode, time.time() + self._lease(cycle.config, entry))
+            if claim is not None and not self._send_batch(cycle, claim, slot):
                 return False
         return True
 
     def _lease(self, config: Config, entry) -> float:
         return min(600.0, (2 * config.timeout + 10) * (entry.count - entry.done))
 
-    def _send_batch(self, config, claim, between, stopping, deadline) -> bool:
+    def _send_batch(self, cycle: _Cycle, claim, slot: int) -> bool:
         """Send one claimed batch; False when the cycle must stop (failure, stop, out of time)."""
         try:
             records = self.queue.read(claim)
@@ -105,24 +138,26 @@ class Sender:
             return True
         done = claim.entry.done
         while done < len(records):
-            if stopping() or time.time() > deadline:
+            if cycle.over():
                 self.queue.release(claim, done, claim.entry.attempt, time.time())
                 return False
-            settled = self._send_record(config, claim, records[done], done)
-            if not settled:
+            if not self._send_record(cycle, claim, records[done], done, slot):
+                cycle.halted = True
                 return False
             done += 1
-            between()
+            if slot == 0:
+                cycle.between()
             if done < len(records):
-                claim = self.queue.renew(claim, done, time.time() + self._lease(config, claim.entry))
+                claim = self.queue.renew(claim, done, time.time() + self._lease(cycle.config, claim.entry))
                 if claim is None:
                     return True  # lost the claim (lease expired); the new owner goes on
         self.counters.add("dropped.corrupt", claim.entry.count - len(records))
         self.queue.ack(claim)
         return True
 
-    def _send_record(self, config, claim, record, index) -> bool:
+    def _send_record(self, cycle: _Cycle, claim, record, index: int, slot: int) -> bool:
         """Settle one record; False (after releasing the claim) when sending must pause."""
+        config = cycle.config
         if record is None:
             self.counters.add("dropped.corrupt")
             return True
@@ -130,7 +165,7 @@ class Sender:
             self.counters.add("dropped.opted_out")
             return True
         payload = fill_identity(record["payload"], config)
-        result = self._transport_for_config(config).send(record.get("kind", "usage"), payload)
+        result = self._transport(config, slot).send(record.get("kind", "usage"), payload)
         self._remember(result)
         if result.outcome == OK:
             self.counters.add("delivered")
@@ -172,14 +207,14 @@ class Sender:
                           "detail": result.detail}
 
     # -- resources -----------------------------------------------------------------------------
-    def _transport_for_config(self, config: Config) -> HttpTransport:
+    def _transport(self, config: Config, slot: int) -> HttpTransport:
         wanted = (config.endpoint, config.api_key, config.timeout)
-        if self._transport is None or self._transport_for != wanted:
-            if self._transport is not None:
-                self._transport.close()
-            self._transport = HttpTransport(*wanted)
-            self._transport_for = wanted
-        return self._transport
+        current = self._transports.get(slot)
+        if current is None or current[0] != wanted:
+            if current is not None:
+                current[1].close()
+            current = self._transports[slot] = (wanted, HttpTransport(*wanted))
+        return current[1]
 
     def _acquire(self, force: bool) -> str | None:
         """``"L"`` with ``flush.lock`` held, ``None`` if another process holds it, ``"U"`` if locks fail."""
@@ -215,9 +250,9 @@ class Sender:
                 pass
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        for _, transport in self._transports.values():
+            transport.close()
+        self._transports.clear()
 
 
 def fill_identity(payload: dict, config: Config) -> dict:

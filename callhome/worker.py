@@ -56,14 +56,14 @@ class Worker:
     def flush(self, timeout: float) -> bool:
         """Run forced delivery cycles until the queue is empty or ``timeout`` seconds have passed.
 
-        A cycle that found another process sending is repeated: that process holds the queue
-        only for one bounded cycle.
+        A cycle that ran out of its budget, or found another process sending (which holds the
+        queue for one bounded cycle only), is followed by another.
         """
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             if self._flush_once(deadline):
                 return True
-            if not self.sender or not self.sender.state.startswith("another process"):
+            if not self.sender or not self.sender.state.startswith(("another process", "sending")):
                 return False
             if deadline - time.monotonic() < 0.1:
                 return False
