@@ -44,6 +44,7 @@ class Worker:
         self._flush_done = 0
         self._flush_ok = False
         self._stopping = False
+        self._call_home_due = 0.0
         self.thread = threading.Thread(target=self._run, name="callhome-worker", daemon=True)
 
     # -- called from the host's threads ------------------------------------------------------
@@ -120,6 +121,8 @@ class Worker:
         with self._done:
             ticket = self._flush_wanted
         forced = ticket > self._flush_done
+        if time.time() >= self._call_home_due:
+            self._maybe_call_home()
         self.persist()
         if self._stopping:
             return
@@ -156,20 +159,28 @@ class Worker:
             self.sender.queue = self.queue
 
     def _maybe_call_home(self) -> None:
-        """Queue the automatic CALL_HOME when none was sent within ``call_home_interval`` (any process)."""
-        config = self.agent.config
-        if config.call_home_interval <= 0 or isinstance(self.queue, MemoryQueue):
+        """Queue the automatic CALL_HOME when none was sent within ``call_home_interval`` (any process).
+
+        Checked when the worker starts and again once the interval has passed, so a server that
+        runs for weeks still calls home once a day.
+        """
+        interval = self.agent.config.call_home_interval
+        self._call_home_due = float("inf")
+        if interval <= 0 or isinstance(self.queue, MemoryQueue):
             return  # without shared state the interval cannot be kept: send none rather than many
         try:
             from filelock import FileLock
 
             with FileLock(self.queue.lock_path("state"), timeout=2):
                 last = float(self.queue.state("call_home").get("at", 0))
-                if time.time() - last < config.call_home_interval:
+                now = time.time()
+                self._call_home_due = max(last, now) + interval if now - last < interval else now + interval
+                if now - last < interval:
                     return
-                self.queue.set_state("call_home", {"at": time.time()})
+                self.queue.set_state("call_home", {"at": now})
         except Exception:
             logger().debug("callhome: automatic CALL_HOME skipped", exc_info=True)
+            self._call_home_due = time.time() + interval
             return
         self.agent.call_home(meta={"automatic": True})
 
