@@ -247,6 +247,7 @@ class Agent:
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),
             "coerced": self.counters.get("coerced"),
+            "internal_errors": self.counters.get("internal_errors"),
             "last_send": sender.last_send if sender else None,
             "problems": list(self._problems),
         }

@@ -99,19 +99,26 @@ class Worker:
 
     # -- the thread --------------------------------------------------------------------------
     def _run(self) -> None:
+        with self._setup_lock:
+            self._guard(self._setup)
+        self._guard(self._maybe_call_home)
+        while not self._stopping:
+            self._wake.wait(self._interval())
+            self._wake.clear()
+            if not self._guard(self._cycle):
+                time.sleep(1.0)  # an unexpected error must not turn into a busy loop
+        if self.sender is not None:
+            self._guard(self.sender.close)
+
+    def _guard(self, step) -> bool:
+        """Run one step; an unexpected error is counted and logged at debug, never shown to the host."""
         try:
-            with self._setup_lock:
-                self._setup()
-            self._maybe_call_home()
-            while not self._stopping:
-                self._wake.wait(self._interval())
-                self._wake.clear()
-                self._cycle()
-        except Exception:  # the host must never see our failures, not even as a thread traceback
-            logger().debug("callhome: worker stopped by an unexpected error", exc_info=True)
-        finally:
-            if self.sender is not None:
-                self.sender.close()
+            step()
+            return True
+        except Exception:
+            self.agent.counters.add("internal_errors")
+            logger().debug("callhome: unexpected error in the worker", exc_info=True)
+            return False
 
     def _interval(self) -> float:
         # jittered so that a fleet started together does not call home in lockstep
