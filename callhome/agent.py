@@ -17,7 +17,7 @@ import weakref
 from collections import deque
 
 from ._version import __version__
-from .buffer import Buffer, Counters
+from .buffer import OWN_THREADS, Buffer, Counters
 from .config import Config, resolve
 from .optout import Decision, decide
 from .payload import Rejected, clean_activity, clean_meta, clean_user, coerce_event_at, new_event_id, static_fields
@@ -95,7 +95,7 @@ class Agent:
         if config.call_home_interval <= 0:
             return
         if config.debug:
-            self.call_home(meta={"automatic": True})  # shows what the automatic one would send
+            self.queue_call_home({"automatic": True})  # shows what the automatic one would send
         elif decision.enabled:
             self._ensure_worker()  # the worker decides whether this process owes a CALL_HOME
 
@@ -107,11 +107,21 @@ class Agent:
 
         Cheap and non-blocking: the record is built here and handed to the worker.
         """
+        if threading.get_ident() in OWN_THREADS:
+            self.counters.add("dropped.recursion")
+            return None
         return self._accept(self._build(activity, user_id, user_id_type, meta, event_at))
 
     @_guarded
     def call_home(self, meta: dict | None = None) -> str | None:
         """Queue a ``CALL_HOME`` event (the key is ``call_home_activity``) now."""
+        if threading.get_ident() in OWN_THREADS:
+            self.counters.add("dropped.recursion")
+            return None
+        return self.queue_call_home(meta)
+
+    def queue_call_home(self, meta: dict | None) -> str | None:
+        """``call_home()`` without the recursion guard, for the worker's automatic CALL_HOME."""
         activity = self.config.call_home_activity if self.config else "CALL_HOME"
         return self._accept(self._build(activity, None, None, meta, None))
 
@@ -214,7 +224,8 @@ class Agent:
             pass  # never a traceback at the host's exit
 
     def _after_fork(self) -> None:
-        # The parent owns the records it buffered and its thread is gone here: start clean.
+        # The parent owns the records it buffered and its threads are gone here: start clean.
+        OWN_THREADS.clear()
         self.buffer = Buffer(self.buffer.maxlen)
         self.counters = Counters()
         self._lock = threading.Lock()

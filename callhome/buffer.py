@@ -5,7 +5,11 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-__all__ = ["Buffer", "Counters"]
+__all__ = ["OWN_THREADS", "Buffer", "Counters"]
+
+#: Idents of callhome's own threads. An event tracked from one of them (a host logging handler
+#: that forwards log lines, fed by callhome's or urllib3's own logging) would feed back forever.
+OWN_THREADS: set = set()
 
 
 class Buffer:

@@ -15,7 +15,7 @@ from typing import Callable
 
 from . import backoff
 from ._log import logger
-from .buffer import Counters
+from .buffer import OWN_THREADS, Counters
 from .config import Config
 from .optout import decide
 from .transport import AUTH, OK, REJECTED, RETRY, HttpTransport, SendResult
@@ -83,6 +83,8 @@ class Sender:
             self._release()
         if finished:
             self.state = "idle"
+        elif not cycle.halted:
+            self.state = "sending"  # out of budget or stopping: more to do, nothing failed
         return finished and self.queue.depth()[0] == 0
 
     def _blocked(self, config: Config, force: bool, now: float) -> str | None:
@@ -107,8 +109,15 @@ class Sender:
         if self.queue.dir is None or self.queue.depth()[0] <= PARALLEL_BACKLOG:
             return self._drain(cycle, 0)
         results: list = []
-        helper = threading.Thread(target=lambda: results.append(self._drain(cycle, 1)),
-                                  name="callhome-sender", daemon=True)
+
+        def second() -> None:
+            OWN_THREADS.add(threading.get_ident())
+            try:
+                results.append(self._drain(cycle, 1))
+            finally:
+                OWN_THREADS.discard(threading.get_ident())
+
+        helper = threading.Thread(target=second, name="callhome-sender", daemon=True)
         helper.start()
         finished = self._drain(cycle, 0)
         helper.join(max(cycle.deadline - time.time(), 0) + 2 * cycle.config.timeout)
@@ -187,12 +196,14 @@ class Sender:
             self.queue.set_state("auth", {"key": key_hash(config.api_key), "until": now + AUTH_PAUSE,
                                           "detail": result.detail})
             self.queue.release(claim, index, claim.entry.attempt, now)
+            self.state = "auth_failed: the endpoint refused the API key"
             logger().warning("callhome: the endpoint refused the API key; sending paused")
             return False
         failures = int(self.queue.state("backoff").get("failures", 0)) + 1
         wait = max(result.retry_after or 0.0, backoff.delay(failures))
         self.queue.set_state("backoff", {"until": now + wait, "failures": failures, "detail": result.detail})
         self._backing_off = True
+        self.state = f"backoff: {result.detail or result.status}; next attempt in {wait:.0f}s"
         attempt = claim.entry.attempt + 1
         if attempt >= config.max_attempts:
             self.counters.add("dropped.retries", claim.entry.count - index)

@@ -6,9 +6,9 @@ without raising or printing, and ``status()`` says the agent is memory-only and 
 
 from __future__ import annotations
 
-import time
+import os
 
-from .queue import Claim, Entry, _entry_name, parse_entry, unframe
+from .queue import MAX_BATCH, Claim, Entry, entry_name, parse_entry, unframe
 
 __all__ = ["MemoryQueue"]
 
@@ -29,10 +29,13 @@ class MemoryQueue:
         return self
 
     def put(self, lines: list, now: float) -> int:
-        data = b"".join(lines)
-        name = _entry_name(now, now, 0, 0, len(lines), len(data), "%016x" % int(time.time_ns()))
-        self._ready[name] = lines
-        return len(data)
+        written = 0
+        for start in range(0, len(lines), MAX_BATCH):
+            chunk = lines[start:start + MAX_BATCH]
+            size = sum(map(len, chunk))
+            self._ready[entry_name(now, now, 0, 0, len(chunk), size, os.urandom(8).hex())] = chunk
+            written += size
+        return written
 
     def entries(self):
         for name in sorted(self._ready):
@@ -57,7 +60,7 @@ class MemoryQueue:
 
     def renew(self, claim: Claim, done: int, lease_until: float) -> Claim | None:
         e = claim.entry
-        entry = parse_entry(_entry_name(e.not_before, e.created, e.attempt, done, e.count, e.size, e.batch))
+        entry = parse_entry(entry_name(e.not_before, e.created, e.attempt, done, e.count, e.size, e.batch))
         if entry is None or claim not in self._inflight:
             return None
         renewed = Claim(entry, entry.name, claim.mode)
@@ -71,7 +74,7 @@ class MemoryQueue:
         lines = self._inflight.pop(claim, None)
         if lines is not None:
             e = claim.entry
-            self._ready[_entry_name(not_before, e.created, attempt, done, e.count, e.size, e.batch)] = lines
+            self._ready[entry_name(not_before, e.created, attempt, done, e.count, e.size, e.batch)] = lines
 
     def recover(self, have_native_lock: bool, now: float) -> int:
         return 0
@@ -84,13 +87,14 @@ class MemoryQueue:
 
     def prune(self, now: float, max_events: int, max_bytes: int, max_age: float) -> dict:
         dropped = {"expired": 0, "queue_full": 0}
-        events = self.depth()[0]
-        for entry in list(self.entries()):
+        events, size = self.depth()
+        for entry in sorted(self.entries(), key=lambda e: e.created):
             expired = now - entry.created > max_age
-            if expired or events > max_events:
+            if expired or events > max_events or size > max_bytes:
                 del self._ready[entry.name]
                 dropped["expired" if expired else "queue_full"] += entry.count - entry.done
                 events -= entry.count - entry.done
+                size -= entry.size
         return dropped
 
     def state(self, name: str) -> dict:

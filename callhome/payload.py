@@ -44,12 +44,12 @@ def coerce_event_at(value: object, now: float, problems: list) -> int:
         return int(now)
     seconds = _to_seconds(value)
     if seconds is None:
-        problems.append(f"event_at {value!r} is not a time; now used instead")
+        problems.append(f"event_at {_text(value)[:40]} is not a time; now used instead")
         return int(now)
     if seconds > 1e11:  # milliseconds: 1e11 s is the year 5138
         seconds /= 1000.0
     if not MIN_EVENT_AT <= seconds <= now + MAX_FUTURE_S:
-        problems.append(f"event_at {value!r} is out of range (2000-01-01 .. tomorrow); now used instead")
+        problems.append(f"event_at {_text(value)[:40]} is out of range (2000-01-01 .. tomorrow); now used instead")
         return int(now)
     return int(seconds)
 
@@ -58,7 +58,11 @@ def _to_seconds(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float
+            return None
+        return seconds if math.isfinite(seconds) else None
     if isinstance(value, str):
         try:
             number = float(value.strip())
@@ -75,6 +79,9 @@ def _to_seconds(value: object) -> float | None:
 
 
 def _one_line(text: str, limit: int) -> str:
+    """One line of valid Unicode (a lone surrogate cannot be sent as UTF-8), at most ``limit`` long."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
     if "\n" in text or "\r" in text:
         text = text.replace("\r", " ").replace("\n", " ")
     return text.strip()[:limit]
@@ -83,7 +90,7 @@ def _one_line(text: str, limit: int) -> str:
 def clean_activity(activity: object, problems: list) -> str:
     """The ``activity_type``: a non-empty one-line string of at most 128 characters."""
     if not isinstance(activity, str):
-        raise Rejected(f"activity {activity!r} is not a string")
+        raise Rejected(f"activity {_text(activity)[:40]} is not a string")
     cleaned = _one_line(activity, MAX_ACTIVITY)
     if not cleaned:
         raise Rejected("activity is empty")
@@ -101,7 +108,7 @@ def clean_user(user_id: object, user_id_type: object, problems: list) -> tuple[s
         return None
     kind = user_id_type.strip().upper()
     if kind not in USER_ID_TYPES:
-        problems.append(f"user_id_type {user_id_type!r} is not one of {', '.join(USER_ID_TYPES)}; "
+        problems.append(f"user_id_type {user_id_type[:40]!r} is not one of {', '.join(USER_ID_TYPES)}; "
                         "user fields dropped")
         return None
     return _one_line(user_id, MAX_STRING), kind
@@ -119,7 +126,7 @@ def clean_meta(meta: object, problems: list) -> dict:
     for key, value in meta.items():
         if value is None:
             continue
-        name = _one_line(str(key), MAX_KEY)
+        name = _one_line(key if isinstance(key, str) else _text(key), MAX_KEY)
         flat = _flat_value(value, problems, name)
         size += len(name) + (len(flat) if isinstance(flat, str) else 8) + 6
         if len(cleaned) >= MAX_META_KEYS or size > MAX_META_BYTES or not name:
@@ -141,9 +148,17 @@ def _flat_value(value: object, problems: list, name: str) -> object:
             problems.append(f"meta[{name!r}] truncated to one line of {MAX_STRING} characters")
         return cleaned
     problems.append(f"meta[{name!r}] of type {type(value).__name__} turned into a string")
-    isoformat = getattr(value, "isoformat", None)
-    text = isoformat() if callable(isoformat) else str(value)
-    return _one_line(text, MAX_STRING)
+    return _one_line(_text(value), MAX_STRING)
+
+
+def _text(value: object) -> str:
+    """``value`` as a string (ISO format for dates), whatever its ``__str__`` does."""
+    try:
+        isoformat = getattr(value, "isoformat", None)
+        text = isoformat() if callable(isoformat) else str(value)
+    except Exception:  # a huge int, or the host's own __str__ failing
+        text = None
+    return text if isinstance(text, str) else f"<{type(value).__name__}>"
 
 
 def user_agent(config: Config) -> str:

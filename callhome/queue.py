@@ -26,7 +26,7 @@ from typing import Iterator, NamedTuple
 
 from ._fs import atomic_write, ensure_private_dir, read_json, unlink_quietly, write_json
 
-__all__ = ["Claim", "DiskQueue", "Entry", "frame", "unframe"]
+__all__ = ["Claim", "DiskQueue", "Entry", "entry_name", "frame", "parse_entry", "unframe"]
 
 _SUBDIRS = ("tmp", "ready", "inflight", "corrupt", "dead", "locks", "state")
 MAX_BATCH = 64
@@ -80,7 +80,7 @@ def _ms(seconds: float) -> int:
     return int(max(seconds, 0) * 1000)
 
 
-def _entry_name(nb: float, cr: float, att: int, done: int, n: int, size: int, batch: str) -> str:
+def entry_name(nb: float, cr: float, att: int, done: int, n: int, size: int, batch: str) -> str:
     return f"{_ms(nb):013d}-{_ms(cr):013d}-{min(att, 99):02d}-{done:03d}-{n:03d}-{size:08d}-{batch}.chq"
 
 
@@ -139,7 +139,7 @@ class DiskQueue:
             chunk = lines[start:start + MAX_BATCH]
             data = b"".join(chunk)
             self._seq += 1
-            name = _entry_name(now, now, 0, 0, len(chunk), len(data), os.urandom(8).hex())
+            name = entry_name(now, now, 0, 0, len(chunk), len(data), os.urandom(8).hex())
             tmp = self._path("tmp", f"{self.node}.{self.pid}.{self.nonce}.{self._seq}.tmp")
             self._write_new(tmp, data)
             try:
@@ -210,7 +210,7 @@ class DiskQueue:
     def renew(self, claim: Claim, done: int, lease_until: float) -> Claim | None:
         """Record progress (``done`` records resolved) and extend the lease; None if the claim was lost."""
         e = claim.entry
-        entry = parse_entry(_entry_name(e.not_before, e.created, e.attempt, done, e.count, e.size, e.batch))
+        entry = parse_entry(entry_name(e.not_before, e.created, e.attempt, done, e.count, e.size, e.batch))
         if entry is None:
             return None
         renewed = self.claim_name(entry, claim.mode, lease_until)
@@ -232,7 +232,7 @@ class DiskQueue:
         self._release_name(claim.name, claim.entry, done, attempt, not_before)
 
     def _release_name(self, inflight_name: str, e: Entry, done: int, attempt: int, not_before: float) -> None:
-        name = _entry_name(not_before, e.created, attempt, done, e.count, e.size, e.batch)
+        name = entry_name(not_before, e.created, attempt, done, e.count, e.size, e.batch)
         try:
             os.rename(self._path("inflight", inflight_name), self._path("ready", name))
         except FileNotFoundError:

@@ -14,6 +14,7 @@ import time
 from . import identity
 from ._fs import product_dir
 from ._log import logger
+from .buffer import OWN_THREADS
 from .delivery import Sender
 from .memqueue import MemoryQueue
 from .queue import DiskQueue, frame
@@ -88,17 +89,35 @@ class Worker:
         deadline = time.monotonic() + max(timeout, 0.0)
         self._stopping = True
         self._wake.set()
-        if self.agent.buffer and self._setup_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+        if self.agent.buffer:
+            self._persist_now()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(max(deadline - time.monotonic(), 0))
+
+    def _persist_now(self) -> None:
+        """Write the buffer to disk on this thread without waiting for the worker.
+
+        Local writes only (no lock wait, no network): losing accepted events costs more than
+        the few milliseconds it takes, even when a loaded machine stretches them.
+        """
+        if self._setup_lock.acquire(blocking=False):
             try:
                 self._setup()
             finally:
                 self._setup_lock.release()
-            self.persist(deadline)
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(max(deadline - time.monotonic(), 0))
+            self.persist()
+            return
+        # the worker is still opening the queue (a loaded machine): use a handle of our own
+        queue, installation_id, _ = self._open()
+        lines = [line for line in (self._frame(r, installation_id) for r in self.agent.buffer.drain()) if line]
+        try:
+            queue.put(lines, time.time())
+        except OSError:
+            self.agent.counters.add("dropped.disk_error", len(lines))
 
     # -- the thread --------------------------------------------------------------------------
     def _run(self) -> None:
+        OWN_THREADS.add(threading.get_ident())
         with self._setup_lock:
             self._guard(self._setup)
         self._guard(self._maybe_call_home)
@@ -107,8 +126,10 @@ class Worker:
             self._wake.clear()
             if not self._guard(self._cycle):
                 time.sleep(1.0)  # an unexpected error must not turn into a busy loop
+        self._guard(self.persist)  # records that arrived while stop() could not reach the queue
         if self.sender is not None:
             self._guard(self.sender.close)
+        OWN_THREADS.discard(threading.get_ident())
 
     def _guard(self, step) -> bool:
         """Run one step; an unexpected error is counted and logged at debug, never shown to the host."""
@@ -133,30 +154,44 @@ class Worker:
         self.persist()
         if self._stopping:
             return
+        lost = self._lost()
         emptied = self.sender.run(self.agent.config, forced, self.persist, lambda: self._stopping)
         self._refresh_depth(force=True)
         if forced:
             with self._done:
-                self._flush_ok = emptied and not self.agent.buffer
+                # a record dropped or rejected meanwhile was not delivered: not a success
+                self._flush_ok = emptied and not self.agent.buffer and self._lost() == lost
                 self._flush_done = ticket
                 self._done.notify_all()
         self._maintain()
 
+    def _lost(self) -> int:
+        counters = self.agent.counters
+        return sum(counters.snapshot("dropped.").values()) + counters.get("rejected")
+
     def _setup(self) -> None:
         """Open the queue (or fall back to memory) and read the installation id. Idempotent."""
-        if self.queue is not None:
-            return
+        if self.queue is None:
+            self.queue, self.installation_id, self.disk_error = self._open()
+            self.sender = Sender(self.queue, self.agent.counters)
+
+    def _open(self) -> tuple:
+        """(queue, installation id, why the disk is unusable) for the current configuration."""
         config = self.agent.config
         try:
             directory = product_dir(config.product_id, config.data_dir)
-            self.queue = DiskQueue(directory, config.fsync).open()
-            self.queue.set_state("agent", {"endpoint": config.endpoint, "domain": config.domain,
-                                           "ip_addr": config.ip_addr, "relay": config.relay})
-            self.installation_id = None if self.agent.ephemeral_id else identity.load_or_create(
+            queue = DiskQueue(directory, config.fsync).open()
+            settings = {"endpoint": config.endpoint, "domain": config.domain, "ip_addr": config.ip_addr,
+                        "relay": config.relay}
+            if queue.state("agent") != settings:  # every process starts here: write only on change
+                queue.set_state("agent", settings)
+            installation_id = None if self.agent.ephemeral_id else identity.load_or_create(
                 directory, config.product_id)
+            return queue, installation_id, None
         except Exception as exc:  # read-only home, not ours, no HOME at all, ...
-            self._go_memory_only(exc)
-        self.sender = Sender(self.queue, self.agent.counters)
+            reason = f"{type(exc).__name__}: {exc}"
+            logger().debug("callhome: disk queue unusable (%s); memory-only delivery", reason)
+            return MemoryQueue(reason), None, reason
 
     def _go_memory_only(self, exc: BaseException) -> None:
         self.disk_error = f"{type(exc).__name__}: {exc}"
@@ -189,25 +224,22 @@ class Worker:
             logger().debug("callhome: automatic CALL_HOME skipped", exc_info=True)
             self._call_home_due = time.time() + interval
             return
-        self.agent.call_home(meta={"automatic": True})
+        self.agent.queue_call_home({"automatic": True})
 
     # -- persisting --------------------------------------------------------------------------
-    def persist(self, deadline: float | None = None) -> None:
+    def persist(self) -> None:
         """Move buffered records to the queue; the disk failing moves us to memory-only."""
-        timeout = -1 if deadline is None else max(deadline - time.monotonic(), 0)
-        if not self.agent.buffer or not self._put_lock.acquire(timeout=timeout):
+        if not self.agent.buffer:
             return
-        try:
+        with self._put_lock:
             records = self.agent.buffer.drain()
-            lines = [line for line in map(self._frame, records) if line]
+            lines = [line for line in (self._frame(r, self.installation_id) for r in records) if line]
             if lines:
                 self._put(lines)
-        finally:
-            self._put_lock.release()
 
-    def _frame(self, record: dict) -> bytes | None:
-        if self.installation_id:
-            record["payload"].setdefault("meta", {})["installation_id"] = self.installation_id
+    def _frame(self, record: dict, installation_id: str | None) -> bytes | None:
+        if installation_id:
+            record["payload"].setdefault("meta", {})["installation_id"] = installation_id
         line = frame(record)
         if len(line) > self.agent.config.max_event_bytes:
             self.agent.counters.add("dropped.oversize")
