@@ -91,6 +91,8 @@ class Worker:
         self._wake.set()
         if self.agent.buffer:
             self._persist_now()
+        with self._put_lock:
+            pass  # records the worker already took from the buffer are on disk once it lets go
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(max(deadline - time.monotonic(), 0))
 
