@@ -1,0 +1,599 @@
+"""Durability and torture tests: real host processes, real signals, real files, a real collector.
+
+What is checked is what an end user's machine would see: which events reached the collector,
+how often, what is left in the queue directory, and that the host saw no exception or output.
+Fault injection happens at the OS layer only (a read-only mount, a path below a regular file,
+an ``os.write`` shim that answers ENOSPC); callhome's own classes are never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+
+import pytest
+from conftest import API_KEY, PRODUCT, ROOT, host_options, run_host, start_host
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def queue_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, PRODUCT, "queue-v1")
+
+
+def listing(state_dir: str, sub: str) -> list:
+    try:
+        return sorted(os.listdir(os.path.join(queue_dir(state_dir), sub)))
+    except FileNotFoundError:
+        return []
+
+
+def ids_in_file(path: str) -> list:
+    """The event ids of the well-framed records in one queue file (``<crc32 hex> <json>\\n`` lines)."""
+    ids = []
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return ids
+    for line in lines:
+        crc, _, data = line.partition(b" ")
+        try:
+            if int(crc, 16) != zlib.crc32(data):
+                continue
+            ids.append(json.loads(data)["payload"]["event_id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return ids
+
+
+def ids_on_disk(state_dir: str, subs=("ready", "inflight")) -> list:
+    found = []
+    for sub in subs:
+        for name in listing(state_dir, sub):
+            found += ids_in_file(os.path.join(queue_dir(state_dir), sub, name))
+    return found
+
+
+def received_ids(collector) -> list:
+    return [e["event_id"] for e in collector.store.events(limit=100000)]
+
+
+def cli_flush_until_empty(state_dir: str, rounds: int = 8, timeout: float = 60) -> list:
+    """``python -m callhome flush`` (key from the environment) until it reports everything delivered."""
+    codes = []
+    env = dict(os.environ, PYTHONPATH=ROOT, CALLHOME_API_KEY=API_KEY)
+    for _ in range(rounds):
+        result = subprocess.run([sys.executable, "-m", "callhome", "flush", "--product", PRODUCT, "--dir",
+                                 state_dir, "--timeout", str(timeout), "--json"],
+                                env=env, capture_output=True, text=True, timeout=timeout + 30)
+        codes.append(result.returncode)
+        assert result.returncode in (0, 1), result.stderr
+        report = json.loads(result.stdout)
+        if result.returncode == 0 and report["remaining"] == 0:
+            break
+    return codes
+
+
+def assert_queue_drained(state_dir: str) -> None:
+    for sub in ("ready", "inflight", "tmp", "corrupt"):
+        assert listing(state_dir, sub) == [], f"left in {sub}/: {listing(state_dir, sub)[:5]}"
+
+
+def frame(record: dict) -> bytes:
+    data = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+    return b"%08x %s\n" % (zlib.crc32(data), data)
+
+
+def batch_name(count: int, size: int, batch: str, done: int = 0, attempt: int = 0,
+               not_before: float | None = None) -> str:
+    ms = int((time.time() if not_before is None else not_before) * 1000)
+    return f"{ms:013d}-{ms:013d}-{attempt:02d}-{done:03d}-{count:03d}-{size:08d}-{batch}.chq"
+
+
+def node_id() -> str:
+    """This kernel's node id as the queue's claim names spell it (crc32 of the boot id)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return "%08x" % zlib.crc32(f.read().strip())
+    except OSError:
+        pytest.skip("no /proc/sys/kernel/random/boot_id on this platform")
+
+
+def template_payload(make_agent, collector) -> dict:
+    """A payload the collector accepts, taken from a real delivery (also creates the queue dirs)."""
+    agent = make_agent()
+    agent.track("template")
+    assert agent.flush(10)
+    agent.shutdown(0.5)
+    return collector.store.events(limit=1)[0]["payload"]
+
+
+def good_record(template: dict, n: int) -> dict:
+    payload = dict(template, event_id="%08x-0000-4000-8000-%012x" % (os.getpid(), n),
+                   event_at=int(time.time()), activity_type="planted")
+    return {"v": 1, "kind": "usage", "payload": payload}
+
+
+def write_batch(state_dir: str, sub: str, name: str, data: bytes) -> str:
+    path = os.path.join(queue_dir(state_dir), sub, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+# -- kill -9 -------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_kill_9_mid_run_loses_nothing_that_reached_the_disk(collector, state_dir, tmp_path):
+    tracked_path = tmp_path / "tracked.txt"
+    options = host_options(collector, state_dir, flush_interval=0.05)
+    host = start_host(f"""
+        import time, callhome
+        callhome.init({options})
+        with open({str(tracked_path)!r}, "w") as out:
+            for chunk in range(100):
+                for i in range(100):
+                    out.write(callhome.track("secondary1", meta={{"i": chunk * 100 + i}}) + "\\n")
+                out.flush()
+                time.sleep(0.02)
+            out.write("DONE\\n")
+        time.sleep(600)
+    """)
+    try:
+        assert wait_until(lambda: collector.store.count() >= 300 or host.poll() is not None, timeout=60)
+        assert host.poll() is None, host.communicate()
+        host.send_signal(signal.SIGKILL)
+        host.wait(timeout=10)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+    assert host.returncode == -signal.SIGKILL
+    stdout, stderr = host.communicate()
+    assert stdout == "" and stderr == ""
+
+    # The host is dead, the queue is frozen: what reached the disk is in ready/ and inflight/,
+    # or was delivered already.
+    time.sleep(0.2)  # let a request the collector was answering at the kill finish
+    delivered_before = set(received_ids(collector))
+    on_disk = ids_on_disk(state_dir)
+    inflight_at_kill = listing(state_dir, "inflight")
+    tmp_at_kill = listing(state_dir, "tmp")
+    tracked_lines = tracked_path.read_text().split()
+    tracked = {line for line in tracked_lines if line != "DONE"}
+    reached_disk = set(on_disk) | delivered_before
+    assert len(on_disk) == len(set(on_disk)), "an event is in two queue files"
+    assert on_disk, "the kill came after everything was delivered: the test proved nothing"
+
+    codes = cli_flush_until_empty(state_dir)
+    delivered = received_ids(collector)
+    duplicates = collector.store.stats()["duplicates"]
+    print(f"\nkill -9: tracked {len(tracked)} ('DONE' written: {'DONE' in tracked_lines}), "
+          f"delivered before kill {len(delivered_before)}, on disk at kill {len(on_disk)} "
+          f"(inflight claims {len(inflight_at_kill)}, tmp files {tmp_at_kill}), lost from the memory "
+          f"buffer {len(tracked - reached_disk)}, delivered in the end {len(delivered)}, "
+          f"duplicates {duplicates}, CLI flush exit codes {codes}")
+
+    assert len(delivered) == len(set(delivered))
+    missing = reached_disk - set(delivered)
+    assert not missing, f"{len(missing)} events that reached the disk were never delivered"
+    # no phantom or re-identified events: each delivered event is one distinct track() call
+    # (checked by its meta["i"]: an id written to tracked.txt a moment after its track() may miss
+    # the file at the kill)
+    numbers = [e["payload"]["meta"]["i"] for e in collector.store.events(limit=100000)]
+    assert len(set(numbers)) == len(numbers) and all(0 <= i < 10000 for i in numbers)
+    assert len(set(delivered) - tracked) <= 100, "the collector got events the host never tracked"
+    assert duplicates <= 3, f"{duplicates} duplicates after one crash"
+    assert codes[-1] == 0
+    for sub in ("ready", "inflight", "corrupt"):
+        assert listing(state_dir, sub) == [], f"left in {sub}/: {listing(state_dir, sub)[:5]}"
+    # A write the kill interrupted may leave one partial file of the dead process in tmp/ (it is
+    # swept by age); nothing else may be there.
+    leftovers = listing(state_dir, "tmp")
+    assert len(leftovers) <= 1 and all(f".{host.pid}." in name for name in leftovers), leftovers
+
+
+# -- many processes at once ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_50_concurrent_hosts_share_one_queue(collector, state_dir):
+    options = host_options(collector, state_dir)
+    code = f"""
+        import callhome
+        callhome.init({options})
+        print(" ".join(callhome.track("secondary1", meta={{"i": i}}) for i in range(200)))
+    """
+    started = time.monotonic()
+    hosts = [start_host(code) for _ in range(50)]
+    tracked = []
+    try:
+        for host in hosts:
+            stdout, stderr = host.communicate(timeout=90)
+            assert host.returncode == 0 and stderr == "", stderr
+            tracked += stdout.split()
+    finally:
+        for host in hosts:
+            if host.poll() is None:
+                host.kill()
+    hosts_done = time.monotonic() - started
+    assert len(tracked) == 10000 and len(set(tracked)) == 10000
+    before_flush = collector.store.count()
+    on_disk = ids_on_disk(state_dir)
+
+    codes = cli_flush_until_empty(state_dir)
+    delivered = received_ids(collector)
+    duplicates = collector.store.stats()["duplicates"]
+    print(f"\n50 hosts x 200: hosts ran {hosts_done:.1f}s, delivered by the hosts {before_flush}, "
+          f"on disk after they exited {len(on_disk)}, duplicates {duplicates}, "
+          f"CLI flush exit codes {codes}, total {time.monotonic() - started:.1f}s")
+    missing = set(tracked) - set(delivered)
+    assert not missing, f"{len(missing)} of 10000 events never arrived"
+    assert len(delivered) == 10000
+    assert duplicates <= 5
+    assert_queue_drained(state_dir)
+
+
+# -- fork ----------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_parent_and_child_both_deliver_without_duplicates(collector, state_dir, tmp_path):
+    # The collector holds the first request for 1 s, so the parent's later events are still in its
+    # in-memory buffer (not on disk) when it forks: the child must not send those.
+    collector.app.script("hang:1")
+    options = host_options(collector, state_dir, flush_interval=0.2, timeout=5)
+    result = run_host(f"""
+        import json, os, sys, time, callhome
+        callhome.init({options})
+        parent = [callhome.track("secondary1", meta={{"who": "parent-first"}})]
+        time.sleep(0.5)  # the worker is now inside the hanging request
+        parent += [callhome.track("secondary1", meta={{"who": "parent"}}) for _ in range(20)]
+        buffered_before_fork = callhome.status()["buffered"]
+        pid = os.fork()
+        if pid == 0:
+            report = {{"buffered_after_fork": callhome.status()["buffered"]}}
+            child = [callhome.track("secondary1", meta={{"who": "child"}}) for _ in range(20)]
+            report["flushed"] = callhome.flush(10)
+            report["child"] = child
+            report["delivered"] = callhome.status()["delivered"]
+            with open({str(tmp_path / "child.json")!r}, "w") as f:
+                json.dump(report, f)
+            os._exit(0)
+        flushed = callhome.flush(10)
+        _, code = os.waitpid(pid, 0)
+        print(json.dumps({{"parent": parent, "flushed": flushed, "child_exit": code,
+                          "buffered_before_fork": buffered_before_fork}}))
+    """, timeout=60)
+    assert result.returncode == 0, result.stderr
+    parent = json.loads(result.stdout)
+    child = json.loads((tmp_path / "child.json").read_text())
+    assert parent["child_exit"] == 0
+    assert parent["buffered_before_fork"] > 0, "the fork did not happen with records in the buffer"
+    assert child["buffered_after_fork"] == 0, "the child inherited the parent's buffered records"
+    assert child["flushed"] is True
+    assert parent["flushed"] is True
+    wait_until(lambda: collector.store.count() >= 41, timeout=5)
+    delivered = received_ids(collector)
+    assert sorted(delivered) == sorted(parent["parent"] + child["child"])
+    assert collector.store.stats()["duplicates"] == 0
+    assert listing(state_dir, "ready") == [] and listing(state_dir, "inflight") == []
+
+
+# -- the disk refuses ----------------------------------------------------------------------------
+
+def _writable(path: str) -> bool:
+    probe = os.path.join(path, ".probe")
+    try:
+        with open(probe, "w"):
+            pass
+    except OSError:
+        return False
+    os.unlink(probe)
+    return True
+
+
+def _unshare_works() -> bool:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+MEMORY_HOST = """
+    import json, callhome
+    callhome.init({options})
+    ids = [callhome.track("secondary1", meta={{"i": i}}) for i in range(5)]
+    flushed = callhome.flush(10)
+    with open({result!r}, "w") as f:
+        json.dump({{"ids": ids, "flushed": flushed, "status": callhome.status()}}, f)
+"""
+
+
+@pytest.mark.parametrize("method", ["below-a-file", "chmod-0555", "read-only-mount"])
+def test_unwritable_state_dir_delivers_from_memory(collector, tmp_path, method):
+    result_path = str(tmp_path / "result.json")
+    command_prefix = []
+    if method == "below-a-file":
+        blocker = tmp_path / "blocker"
+        blocker.write_text("a regular file where a directory should be\n")
+        data_dir = str(blocker / "state")
+    elif method == "chmod-0555":
+        parent = tmp_path / "locked"
+        parent.mkdir()
+        parent.chmod(0o555)
+        if _writable(str(parent)):
+            parent.chmod(0o755)
+            pytest.skip("running as root: chmod does not prevent writes (the other methods cover it)")
+        data_dir = str(parent / "state")
+    else:
+        if not _unshare_works():
+            pytest.skip("needs root and unshare(1) for a private read-only bind mount")
+        parent = tmp_path / "ro"
+        parent.mkdir()
+        data_dir = str(parent / "state")
+        command_prefix = ["unshare", "-m", "sh", "-c",
+                          f'mount --bind "{parent}" "{parent}" && mount -o remount,bind,ro "{parent}" '
+                          '&& exec "$0" "$@"']
+    code = MEMORY_HOST.format(options=host_options(collector, data_dir), result=result_path)
+    if command_prefix:
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        proc = subprocess.run(command_prefix + [sys.executable, "-c", textwrap.dedent(code)], env=env,
+                              capture_output=True, text=True, timeout=60)
+    else:
+        proc = run_host(code)
+    assert proc.returncode == 0
+    assert proc.stdout == "" and proc.stderr == "", (proc.stdout, proc.stderr)
+    with open(result_path) as f:
+        report = json.load(f)
+    status = report["status"]
+    assert status["disk"].startswith("memory-only"), status["disk"]
+    assert report["flushed"] is True
+    assert status["delivered"] == 5 and status["dropped_total"] == 0
+    assert sorted(received_ids(collector)) == sorted(report["ids"])
+    assert not os.path.exists(data_dir)
+
+
+ENOSPC_SHIM = """
+    import errno, os
+    _real_write = os.write
+    _partial = set()
+
+    def _write(fd, data):
+        # The disk fills up under queue-v1/tmp/: a short write first, then ENOSPC.
+        try:
+            target = os.readlink("/proc/self/fd/%d" % fd)
+        except OSError:
+            target = ""
+        if "/queue-v1/tmp/" in target:
+            if target not in _partial:
+                _partial.add(target)
+                return _real_write(fd, bytes(data[:7]))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return _real_write(fd, data)
+
+    os.write = _write
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="the ENOSPC shim needs /proc/self/fd")
+def test_full_disk_falls_back_to_memory(collector, state_dir, tmp_path):
+    result_path = str(tmp_path / "result.json")
+    code = ENOSPC_SHIM + MEMORY_HOST.format(options=host_options(collector, state_dir), result=result_path)
+    proc = run_host(code)
+    assert proc.returncode == 0
+    assert proc.stdout == "" and proc.stderr == "", (proc.stdout, proc.stderr)
+    with open(result_path) as f:
+        report = json.load(f)
+    status = report["status"]
+    assert "No space" in status["disk"] or "ENOSPC" in status["disk"] or "28" in status["disk"], status
+    assert status["disk"].startswith("memory-only"), status["disk"]
+    ids = report["ids"]
+    delivered = received_ids(collector)
+    assert status["delivered"] + status["dropped_total"] == 5, status
+    assert sorted(delivered) == sorted(ids[:status["delivered"]] if status["dropped_total"] else ids)
+    assert listing(state_dir, "tmp") == [], "a partial write was left in tmp/"
+    assert listing(state_dir, "ready") == [] and listing(state_dir, "inflight") == []
+
+
+# -- damaged queues ------------------------------------------------------------------------------
+
+def test_corrupt_queue_files_are_quarantined_and_good_records_flow(make_agent, collector, state_dir):
+    template = template_payload(make_agent, collector)
+    good = [good_record(template, n) for n in range(4)]
+    bad_crc = frame(good_record(template, 99)).replace(b'"planted"', b'"tampered"')  # CRC no longer matches
+    garbage = {
+        "garbage.chq": b"not a batch\n",
+        "1-2-3.chq": frame(good[3]),
+        batch_name(3, 100, "a" * 16): b"\0" * 100,  # a power-loss artefact: NUL-filled
+        batch_name(1, 0, "b" * 16): b"",  # zero-length
+    }
+    for name, data in garbage.items():
+        write_batch(state_dir, "ready", name, data)
+    mixed = frame(good[0]) + bad_crc
+    write_batch(state_dir, "ready", batch_name(2, len(mixed), "c" * 16), mixed)
+    fine = frame(good[1]) + frame(good[2])
+    write_batch(state_dir, "ready", batch_name(2, len(fine), "d" * 16), fine)
+    write_batch(state_dir, "ready", ".nfs000000000001", b"someone else's file")
+    write_batch(state_dir, "inflight", "junk.clm", b"x")
+
+    agent = make_agent()
+    agent.flush(10)  # False: records were dropped as corrupt
+    assert wait_until(lambda: agent.status()["queued"] == 0, timeout=10), agent.status()
+    delivered = set(received_ids(collector))
+    wanted = {r["payload"]["event_id"] for r in good[:3]}
+    assert wanted <= delivered
+    assert good[3]["payload"]["event_id"] not in delivered  # it was in a file with a bad name
+    assert not any(e["activity_type"] == "tampered" for e in collector.store.events(limit=100))
+    corrupt = listing(state_dir, "corrupt")
+    for name in list(garbage) + ["junk.clm"]:
+        assert any(c.startswith(name + ".") for c in corrupt), (name, corrupt)
+    assert len(corrupt) == 5
+    assert listing(state_dir, "ready") == [".nfs000000000001"]  # unknown names are left alone
+    assert listing(state_dir, "inflight") == []
+    status = agent.status()
+    assert status["dropped"].get("corrupt", 0) >= 5, status["dropped"]  # 3 (NUL) + 1 (empty) + 1 (CRC)
+    # and the queue keeps going
+    later = [agent.track("secondary1") for _ in range(3)]
+    assert agent.flush(10) is True
+    assert set(later) <= set(received_ids(collector))
+
+
+def test_state_dir_deleted_while_running(make_agent, collector, state_dir):
+    agent = make_agent(flush_interval=0.05)
+    first = [agent.track("secondary1") for _ in range(5)]
+    assert agent.flush(10) is True
+    shutil.rmtree(state_dir)
+    second = [agent.track("secondary1") for _ in range(5)]
+    assert agent.flush(10) is True
+    delivered = set(received_ids(collector))
+    assert set(first + second) <= delivered
+
+    # deleted again while a backlog is being sent (the collector is slow)
+    collector.app.fail_all("hang:0.02")
+    third = [agent.track("secondary1") for _ in range(100)]
+    assert wait_until(lambda: collector.store.count() >= 20, timeout=10)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    fourth = [agent.track("secondary1") for _ in range(5)]
+    collector.app.fail_all(None)
+    assert wait_until(lambda: agent.flush(5), timeout=30), agent.status()
+    delivered = set(received_ids(collector))
+    assert set(fourth) <= delivered
+    print(f"\n{len(set(third) - delivered)} of 100 events lost with the deleted directory")
+    assert agent._worker.thread.is_alive()
+    assert agent.counters.get("internal_errors") == 0
+    status = agent.status()
+    assert status["queued"] == 0
+    assert status["disk"] == "ok" or status["disk"].startswith("memory-only"), status["disk"]
+
+
+def test_stale_claims_are_recovered_by_the_next_sender(make_agent, collector, state_dir):
+    template = template_payload(make_agent, collector)
+    node, now = node_id(), time.time()
+    dead_pid = 4194304 + 17  # above any pid_max: no process has it
+    claims = {
+        # L claim of this kernel: the flush.lock the next sender gets proves its holder dead
+        "dead-L": (node, "L", now + 300, True),
+        # U claim whose lease expired
+        "expired-U": (node, "U", now - 5, True),
+        # L claim from another kernel with a lease far beyond the maximum (a clock that jumped)
+        "foreign-jumped": ("0badc0de", "L", now + 10 * 86400, True),
+        # U claim with a live lease: flock proves nothing about it, so it must wait
+        "live-U": (node, "U", now + 300, False),
+        # L claim from another kernel with a live lease: only its lease can free it
+        "foreign-L": ("0badc0de", "L", now + 300, False),
+    }
+    expected, waiting = set(), set()
+    for n, (label, (claim_node, mode, lease, recovered)) in enumerate(claims.items()):
+        records = [good_record(template, 10 * n + i) for i in range(2)]
+        data = b"".join(frame(r) for r in records)
+        ready_name = batch_name(2, len(data), "%016x" % (n + 1), not_before=now - 60)
+        claim_name = f"{ready_name}.{claim_node}.{dead_pid}.abc123.{mode}.{int(lease * 1000):013d}.clm"
+        write_batch(state_dir, "inflight", claim_name, data)
+        (expected if recovered else waiting).update(r["payload"]["event_id"] for r in records)
+
+    agent = make_agent()
+    assert agent.flush(10) is False  # the two live claims still count as queued
+    delivered = set(received_ids(collector))
+    assert expected <= delivered, "a stale claim was not recovered"
+    assert not waiting & delivered, "a claim with a live lease was taken over"
+    assert len(listing(state_dir, "inflight")) == 2
+    assert agent.status()["queued"] == 4
+    assert listing(state_dir, "ready") == []
+
+
+def test_killed_sender_claims_are_recovered_at_once(collector, state_dir):
+    """A host SIGKILLed while sending (it holds flush.lock and a claim): the next process resends."""
+    collector.app.fail_all("hang:5")
+    options = host_options(collector, state_dir, timeout=60, flush_interval=0.05)
+    host = start_host(f"""
+        import time, callhome
+        callhome.init({options})
+        print(callhome.track("secondary1"), flush=True)
+        time.sleep(600)
+    """)
+    try:
+        event_id = host.stdout.readline().strip()
+        assert wait_until(lambda: listing(state_dir, "inflight"), timeout=30), "the host never claimed"
+        host.send_signal(signal.SIGKILL)
+        host.wait(timeout=10)
+    finally:
+        if host.poll() is None:
+            host.kill()
+        host.communicate()
+    collector.app.fail_all(None)
+    result = run_host(f"""
+        import callhome
+        callhome.init({host_options(collector, state_dir)})
+        print(callhome.flush(10))
+    """)
+    assert result.stdout.strip() == "True", result.stderr
+    assert event_id in received_ids(collector)
+    assert listing(state_dir, "inflight") == [] and listing(state_dir, "ready") == []
+
+
+# -- offline fleet -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_offline_fleet_is_held_back_by_the_shared_backoff(collector, state_dir):
+    collector.app.fail_all(503)
+    processes = 30
+    options = host_options(collector, state_dir, flush_interval=0.05)
+    # Each host lives until its worker has made its own decision: it sent (and failed), or it
+    # found the shared backoff of another host's failure. Then it exits without waiting.
+    code = f"""
+        import time, callhome
+        callhome.init({options})
+        print(callhome.track("secondary1"), flush=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = callhome.status()
+            if status["last_send"] or status["state"].startswith("backoff"):
+                break
+            time.sleep(0.02)
+        print("sent" if status["last_send"] else status["state"].split(":")[0])
+    """
+    started = time.monotonic()
+    hosts = [start_host(code) for _ in range(processes)]
+    tracked, outcomes = [], []
+    try:
+        for host in hosts:
+            stdout, stderr = host.communicate(timeout=90)
+            assert host.returncode == 0 and stderr == "", stderr
+            event_id, outcome = stdout.split()
+            tracked.append(event_id)
+            outcomes.append(outcome)
+    finally:
+        for host in hosts:
+            if host.poll() is None:
+                host.kill()
+    elapsed = time.monotonic() - started
+    attempts = collector.app.requests.total
+    print(f"\noffline fleet: {processes} hosts over {elapsed:.1f}s made {attempts} requests; "
+          f"{outcomes.count('sent')} hosts sent, {outcomes.count('backoff')} were held back by the "
+          f"shared backoff")
+    assert collector.store.count() == 0
+    assert set(outcomes) <= {"sent", "backoff"}, outcomes
+    assert outcomes.count("sent") == attempts  # one request per host that sent, no retry storm
+    assert 1 <= attempts <= processes // 3, f"{attempts} requests from {processes} offline hosts"
+    on_disk = ids_on_disk(state_dir)
+    assert sorted(on_disk) == sorted(tracked), "an event of an offline host is not on disk"
+    with open(os.path.join(queue_dir(state_dir), "state", "backoff.json")) as f:
+        assert json.load(f)["failures"] == attempts
