@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -82,3 +84,34 @@ def start_host(code: str, env: dict | None = None, **kwargs) -> subprocess.Popen
     full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
+    """Poll ``predicate`` until it returns something truthy; that value, or the last one on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def queue_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, PRODUCT, "queue-v1")
+
+
+def listing(state_dir: str, sub: str) -> list:
+    """The names in one of the queue's directories (``ready``, ``inflight``, ...)."""
+    try:
+        return sorted(os.listdir(os.path.join(queue_dir(state_dir), sub)))
+    except FileNotFoundError:
+        return []
+
+
+def shared_state(state_dir: str, name: str) -> dict | None:
+    """One of the queue's shared state files (``backoff``, ``auth``, ...), or None."""
+    try:
+        with open(os.path.join(queue_dir(state_dir), "state", name + ".json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import API_KEY, PRODUCT, host_options, run_host
+from conftest import API_KEY, PRODUCT, host_options, listing, queue_dir, run_host, shared_state, wait_until
 
 #: Reo's answer for a payload it refuses (not an authentication failure).
 INVALID = {"response_code": 400, "response": "Invalid payload", "status": "failure"}
@@ -20,33 +20,12 @@ INVALID = {"response_code": 400, "response": "Invalid payload", "status": "failu
 
 # -- helpers -------------------------------------------------------------------------------------
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
-    """Poll ``predicate`` until it returns something truthy; that value, or None on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
-def queue_dir(state_dir: str) -> str:
-    return os.path.join(state_dir, PRODUCT, "queue-v1")
 
 
-def listing(state_dir: str, sub: str) -> list:
-    try:
-        return sorted(os.listdir(os.path.join(queue_dir(state_dir), sub)))
-    except FileNotFoundError:
-        return []
 
 
-def shared_state(state_dir: str, name: str) -> dict | None:
-    try:
-        with open(os.path.join(queue_dir(state_dir), "state", name + ".json")) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
 
 
 def received(collector, **filters) -> list:

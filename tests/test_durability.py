@@ -19,29 +19,15 @@ import time
 import zlib
 
 import pytest
-from conftest import API_KEY, PRODUCT, ROOT, host_options, run_host, start_host
+from conftest import API_KEY, PRODUCT, ROOT, host_options, listing, queue_dir, run_host, start_host, wait_until
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
-def queue_dir(state_dir: str) -> str:
-    return os.path.join(state_dir, PRODUCT, "queue-v1")
 
 
-def listing(state_dir: str, sub: str) -> list:
-    try:
-        return sorted(os.listdir(os.path.join(queue_dir(state_dir), sub)))
-    except FileNotFoundError:
-        return []
 
 
 def ids_in_file(path: str) -> list:

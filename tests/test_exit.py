@@ -15,18 +15,11 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, host_options, run_host, start_host
+from conftest import ROOT, host_options, run_host, start_host, wait_until
 
 EXIT_MARGIN = 0.5  # seconds over the bare interpreter: generous, the design budget is 0.05 s
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 class SilentServer:

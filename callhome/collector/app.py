@@ -1,0 +1,293 @@
+"""The collector's WSGI application: Reo's two ingest endpoints, read-only views and fault injection.
+
+It answers like Reo's documentation says Reo answers (including the string ``"200"`` in the
+success body), but validates with :mod:`callhome.schema`, the documented rules as this project
+reads them: it is an emulator for development, tests and self-hosting, not Reo's real validation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from http import HTTPStatus
+from typing import Any, Callable, Dict, Iterable, Tuple
+from urllib.parse import parse_qs
+
+from callhome import schema
+from callhome.collector.faults import AbortConnection, Fault, FaultInjection
+from callhome.collector.store import KINDS, Store
+
+__all__ = ["AUTH_FAILURE", "DEFAULT_MAX_BODY", "SUCCESS", "CollectorApp", "RequestCounter", "make_app"]
+
+logger = logging.getLogger("callhome.collector")
+
+SUCCESS = {"response_code": "200", "response": "Data Uploaded", "status": "success"}
+AUTH_FAILURE = {"response_code": 400, "response": "Authentication Failure", "status": "failure"}
+DEFAULT_MAX_BODY = 64 * 1024
+MAX_EVENTS_LIMIT = 10000
+_INGEST = {schema.USAGE_PATH: "usage", schema.AGGREGATE_PATH: "aggregate"}
+
+#: (HTTP status, JSON-serialisable body, extra headers)
+Reply = Tuple[int, Any, Dict[str, str]]
+StartResponse = Callable[..., Any]
+
+
+class RequestCounter:
+    """How many requests each path got; thread-safe. ``counter[path]`` and ``counter.total``."""
+
+    def __init__(self, known_paths: Iterable[str]) -> None:
+        # Unknown paths share one bucket, so a scanner cannot grow this without bound.
+        self._known = frozenset(known_paths)
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, path: str) -> None:
+        key = path if path in self._known else "other"
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def __getitem__(self, path: str) -> int:
+        return self._counts.get(path, 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.as_dict().values())
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def __repr__(self) -> str:
+        return f"RequestCounter({self.as_dict()!r})"
+
+
+class CollectorApp(FaultInjection):
+    """The WSGI callable; keeps the store, the request counters and the fault script.
+
+    Fault injection (:meth:`script`, :meth:`fail_all`, :meth:`clear_faults`) comes from
+    :class:`~callhome.collector.faults.FaultInjection`.
+    """
+
+    def __init__(self, store: Store, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
+                 strict: bool = True, fill_ip_addr: bool = False) -> None:
+        if max_body < 1:
+            raise ValueError("max_body must be positive")
+        super().__init__()
+        self.store = store
+        self.api_keys = tuple(api_keys)
+        self._keys = tuple(key.encode("utf-8") for key in self.api_keys if key)
+        self.max_body = max_body
+        self.strict = strict
+        self.fill_ip_addr = fill_ip_addr
+        self._views = {"/events": self._events_view, "/stats": self._stats_view,
+                       "/healthz": self._health_view}
+        self.requests = RequestCounter(list(_INGEST) + list(self._views))
+
+    def __repr__(self) -> str:
+        return (f"<CollectorApp store={self.store!r} keys={len(self._keys)} strict={self.strict} "
+                f"fill_ip_addr={self.fill_ip_addr}>")
+
+    @property
+    def received(self) -> int:
+        """How many distinct records the store holds."""
+        return self.store.count()
+
+    def _apply_fault(self, fault: Fault, path: str) -> Reply | None:
+        self.store.bump("faults")
+        logger.debug("injecting fault %r on %s", fault, path)
+        if fault.kind == "reset":
+            raise AbortConnection(path)
+        if fault.kind == "hang":
+            time.sleep(fault.seconds)
+            return None
+        if fault.kind == "auth":
+            return 400, AUTH_FAILURE, {}
+        body = fault.body
+        if body is None:
+            body = _failure_body(fault.status, f"{_status_line(fault.status)[4:]} (injected fault)")
+        return fault.status, body, dict(fault.headers)
+
+    # -- WSGI -------------------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        self.requests.add(path)
+        status, body, headers = self._route(environ, path)
+        data = json.dumps(body).encode("utf-8")
+        start_response(_status_line(status), [("Content-Type", "application/json"),
+                                              ("Content-Length", str(len(data))), *headers.items()])
+        return [data]
+
+    def _route(self, environ: dict[str, Any], path: str) -> Reply:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path in _INGEST:
+            return self._ingest(environ, _INGEST[path]) if method == "POST" else _not_allowed("POST")
+        view = self._views.get(path)
+        if view is None:
+            return _failure(404, f"No such endpoint: {path}")
+        return view(environ) if method in ("GET", "HEAD") else _not_allowed("GET, HEAD")
+
+    def _ingest(self, environ: dict[str, Any], kind: str) -> Reply:
+        self.store.bump("requests")
+        fault = self.next_fault()
+        reply = None if fault is None else self._apply_fault(fault, environ.get("PATH_INFO", ""))
+        if reply is not None:
+            return reply
+        if not self._authorized(environ):
+            self.store.bump("auth_failures")
+            return 400, AUTH_FAILURE, {}
+        payload, problem = self._read_payload(environ)
+        errors = [] if problem else schema.validate(payload, kind)
+        if problem or errors:
+            self.store.bump("rejected")
+            return problem or _invalid(errors)
+        self.store.add(kind, payload, peer=environ.get("REMOTE_ADDR"))
+        return 200, SUCCESS, {}
+
+    def _authorized(self, environ: dict[str, Any]) -> bool:
+        if not self._keys:
+            return True
+        # WSGI hands header values over as latin-1 decoded strings: this recovers the raw bytes.
+        given = environ.get("HTTP_X_API_KEY", "").encode("latin-1", "replace")
+        matched = False
+        for key in self._keys:  # no early exit: the time taken does not depend on which key matched
+            matched |= hmac.compare_digest(given, key)
+        return matched
+
+    def _read_payload(self, environ: dict[str, Any]) -> tuple[Any, Reply | None]:
+        media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            return None, _failure(415, "Content-Type must be application/json")
+        body = _read_body(environ, self.max_body)
+        if body is None:
+            return None, _failure(413, f"Body larger than {self.max_body} bytes")
+        try:
+            document = json.loads(body, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+            return None, _failure(400, f"Malformed JSON body: {exc}")
+        if not isinstance(document, dict) or "payload" not in document:
+            return None, _failure(400, 'Body must be a JSON object {"payload": {...}}')
+        return self._normalise(document["payload"], environ.get("REMOTE_ADDR")), None
+
+    def _normalise(self, payload: Any, peer: str | None) -> Any:
+        if not self.strict:
+            payload = _lenient(payload)
+        if self.fill_ip_addr and isinstance(payload, dict) and peer and not (
+                payload.get("ip_addr") or payload.get("domain")):
+            # What an agent with relay=True expects: the address its connection came from.
+            payload = {**payload, "ip_addr": peer}
+        return payload
+
+    # -- read-only views --------------------------------------------------------------------
+
+    def _events_view(self, environ: dict[str, Any]) -> Reply:
+        if not self._authorized(environ):
+            return _failure(401, "Authentication Failure")
+        params = {key: values[-1] for key, values in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        try:
+            limit = min(int(params.get("limit", 100)), MAX_EVENTS_LIMIT)
+            since = float(params["since"]) if "since" in params else None
+        except ValueError:
+            return _failure(400, "limit must be an integer and since a number (UNIX seconds)")
+        kind = params.get("kind")
+        if kind is not None and kind not in KINDS:
+            return _failure(400, f"kind must be one of {', '.join(KINDS)}")
+        events = self.store.events(limit=max(limit, 0), product_id=params.get("product_id"),
+                                   activity_type=params.get("activity_type"), kind=kind, since=since)
+        return 200, {"events": events}, {}
+
+    def _stats_view(self, environ: dict[str, Any]) -> Reply:
+        if not self._authorized(environ):
+            return _failure(401, "Authentication Failure")
+        return 200, {**self.store.stats(), "paths": self.requests.as_dict()}, {}
+
+    def _health_view(self, environ: dict[str, Any]) -> Reply:
+        return 200, {"status": "ok"}, {}
+
+
+def make_app(store: Store | str, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
+             strict: bool = True, fill_ip_addr: bool = False) -> CollectorApp:
+    """The collector as a WSGI application; ``store`` is a :class:`Store` or a database path.
+
+    :param api_keys: accepted ``X-API-KEY`` values; empty accepts any request.
+    :param max_body: larger request bodies are refused with 413.
+    :param strict: ``False`` also accepts what Reo's own samples send (``""`` placeholders,
+        integer ``event_id``, string ``event_at``, no ``event_id``) by normalising it first.
+    :param fill_ip_addr: a record with neither ``ip_addr`` nor ``domain`` gets the connection's
+        address as ``ip_addr`` (for agents configured with ``relay=True``).
+    """
+    return CollectorApp(Store(store) if isinstance(store, str) else store, api_keys, max_body, strict,
+                        fill_ip_addr)
+
+
+def _lenient(payload: Any) -> Any:
+    """Normalise what Reo's own samples send into what :func:`schema.validate` accepts."""
+    if not isinstance(payload, dict):
+        return payload
+    fixed = {key: value for key, value in payload.items() if value != ""}
+    event_id, event_at = fixed.get("event_id"), fixed.get("event_at")
+    if isinstance(event_id, int) and not isinstance(event_id, bool):
+        fixed["event_id"] = str(event_id)
+    if isinstance(event_at, str) and event_at.isascii() and event_at.isdigit():
+        fixed["event_at"] = int(event_at)
+    # The aggregate docs call event_id optional; such records get a fresh id, so no deduplication.
+    fixed.setdefault("event_id", uuid.uuid4().hex)
+    return fixed
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are Python's extensions, not JSON: stored, they would make /events invalid.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _read_body(environ: dict[str, Any], max_body: int) -> bytes | None:
+    """The request body, or None if larger than ``max_body``; reads at most ``max_body + 1`` bytes."""
+    length = _content_length(environ)
+    if length is not None and length > max_body:
+        return None
+    stream = environ["wsgi.input"]
+    if length is not None:
+        data = stream.read(length)
+    elif environ.get("wsgi.input_terminated"):
+        data = stream.read(max_body + 1)
+    else:
+        data = b""  # PEP 3333: without a length, reading is only safe from terminated input
+    return None if len(data) > max_body else data
+
+
+def _content_length(environ: dict[str, Any]) -> int | None:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _invalid(errors: list[schema.FieldError]) -> Reply:
+    body = _failure_body(400, f"Invalid payload: {errors[0]}")
+    body["errors"] = [error.as_dict() for error in errors]
+    return 400, body, {}
+
+
+def _not_allowed(allow: str) -> Reply:
+    status, body, _ = _failure(405, "Method Not Allowed")
+    return status, body, {"Allow": allow}
+
+
+def _failure(status: int, message: str) -> Reply:
+    return status, _failure_body(status, message), {}
+
+
+def _failure_body(status: int, message: str) -> dict:
+    return {"response_code": status, "response": message, "status": "failure"}
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
