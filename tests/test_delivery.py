@@ -212,15 +212,18 @@ def test_attempts_cap_drops_and_counts(make_agent, collector, state_dir):
     agent = make_agent(max_attempts=2, flush_interval=3600)
     for i in range(5):
         agent.track("secondary1", meta={"i": i})
-    for _ in range(5):
+    for _ in range(10):
         agent.flush(2)
-        if agent.status()["dropped"].get("retries"):
+        if agent.status()["dropped"].get("retries") == 5:
             break
     status = agent.status()
     assert status["dropped"].get("retries") == 5, status
     assert status["queued"] == 0
     assert status["delivered"] == 0
-    assert collector.app.requests.total == 2  # one request per attempt: the batch stops at its first failure
+    # one request per attempt: a batch stops at its first failure (the worker may have persisted
+    # the five events as more than one batch, each of which gets its two attempts)
+    requests = collector.app.requests.total
+    assert requests % 2 == 0 and 2 <= requests <= 10, requests
     assert listing(state_dir, "ready") == [] and listing(state_dir, "inflight") == []
     assert listing(state_dir, "dead") == []  # not a rejection
     # the queue goes on afterwards
