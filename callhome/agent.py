@@ -216,6 +216,11 @@ class Agent:
         self._worker = None
         self._closed = True
 
+    def refuse(self, decision: Decision) -> None:
+        """The worker found telemetry off (a saved ``disable``, or no consent yet): keep nothing."""
+        self.decision = decision
+        self.counters.add("dropped.opted_out", len(self.buffer.drain()))
+
     def _at_exit(self) -> None:
         try:
             if self._worker is not None and self.config is not None:

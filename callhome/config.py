@@ -40,7 +40,7 @@ class Config:
         "product_id", "api_key", "endpoint", "environment", "source", "domain", "ip_addr",
         "relay", "product_version", "data_dir", "flush_interval", "call_home_interval",
         "call_home_activity", "timeout", "exit_timeout", "debug", "strict", "enabled",
-        "send_in_ci", "env_prefix", "optout_env", "max_buffer", "max_queue_events",
+        "send_in_ci", "env_prefix", "optout_env", "consent", "cli_command", "max_buffer", "max_queue_events",
         "max_queue_bytes", "max_age", "max_attempts", "max_event_bytes", "fsync",
         "problems",
     )
@@ -88,6 +88,8 @@ _OPTIONS = {
     "send_in_ci": (False, (), "bool"),
     "env_prefix": (None, (), None),
     "optout_env": ((), (), "names"),
+    "consent": ("opt-out", (), "consent"),
+    "cli_command": (None, (), None),
     "max_buffer": (10000, (), "count"),
     "max_queue_events": (50000, (), "count"),
     "max_queue_bytes": (32 * 1024 * 1024, (), "count"),
@@ -147,7 +149,8 @@ def _resolve_one(name: str, kwargs: dict, environ, default, env_names, kind, pro
 _BAD = object()
 _HINTS = {"endpoint": "use https://, or http:// only to a loopback address, with no path",
           "source": "use TELEMETRY or PRODUCT_CLOUD", "seconds": "use a number of seconds >= 0",
-          "count": "use a whole number > 0", "bool": "use true or false"}
+          "count": "use a whole number > 0", "bool": "use true or false",
+          "consent": "use 'opt-out' or 'opt-in'"}
 
 
 def _invalid(what: str, kind: str | None) -> str:
@@ -172,6 +175,8 @@ def _parse(value: object, kind: str | None) -> object:
             return _endpoint(str(value))
         if kind == "source":
             return _source(str(value))
+        if kind == "consent":
+            return value if value in ("opt-out", "opt-in") else _BAD
     except (TypeError, ValueError):
         pass
     return _BAD

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable
 
-from . import backoff
+from . import backoff, sentlog
 from ._log import logger
 from .buffer import OWN_THREADS, Counters
 from .config import Config
@@ -52,9 +52,12 @@ def key_hash(api_key: str | None) -> str:
 class Sender:
     """Delivers the queue of one product; remembers the last answer for ``status()``."""
 
-    def __init__(self, queue, counters: Counters) -> None:
+    def __init__(self, queue, counters: Counters, choices: Callable[[], dict] = dict) -> None:
         self.queue = queue
         self.counters = counters
+        self.choices = choices
+        #: True in the process that just showed the first-run notice: the next run sends.
+        self.deferred = False
         self.state = "idle"
         self.last_send: dict | None = None
         self._transports: dict = {}
@@ -88,9 +91,12 @@ class Sender:
         return finished and self.queue.depth()[0] == 0
 
     def _blocked(self, config: Config, force: bool, now: float) -> str | None:
-        decision = decide(config)
+        decision = decide(config, choices=self.choices())
         if not decision.enabled:
+            self.counters.add("dropped.opted_out", self.queue.purge())
             return "disabled: " + str(decision.reason)
+        if self.deferred:
+            return "deferred: the first-run notice was just shown; sending starts with the next run"
         if not config.has_identity:
             return "held: no ip_addr or domain configured"
         auth = self.queue.state("auth")
@@ -174,8 +180,9 @@ class Sender:
             self.counters.add("dropped.opted_out")
             return True
         payload = fill_identity(record["payload"], config)
-        result = self._transport(config, slot).send(record.get("kind", "usage"), payload)
-        self._remember(result)
+        transport = self._transport(config, slot)
+        result = transport.send(record.get("kind", "usage"), payload)
+        self._remember(result, transport.url(record.get("kind", "usage")), payload)
         if result.outcome == OK:
             self.counters.add("delivered")
             if self._backing_off:
@@ -213,9 +220,12 @@ class Sender:
         logger().debug("callhome: delivery failed (%s); retry in %.1fs", result.detail or result.status, wait)
         return False
 
-    def _remember(self, result: SendResult) -> None:
+    def _remember(self, result: SendResult, url: str, payload: dict) -> None:
+        """Keep the answer for ``status()``, and the request in the local sent log (``callhome log``)."""
         self.last_send = {"at": time.time(), "outcome": result.outcome, "status": result.status,
                           "detail": result.detail}
+        log = os.path.join(os.path.dirname(self.queue.dir), sentlog.FILE) if self.queue.dir else None
+        sentlog.append(log, dict(self.last_send, url=url, payload=payload), os.environ.get("CALLHOME_LOG_FILE"))
 
     # -- resources -----------------------------------------------------------------------------
     def _transport(self, config: Config, slot: int) -> HttpTransport:

@@ -76,6 +76,12 @@ class MemoryQueue:
             e = claim.entry
             self._ready[entry_name(not_before, e.created, attempt, done, e.count, e.size, e.batch)] = lines
 
+    def purge(self) -> int:
+        removed = self.depth()[0]
+        self._ready.clear()
+        self._inflight.clear()
+        return removed
+
     def recover(self, have_native_lock: bool, now: float) -> int:
         return 0
 

@@ -54,8 +54,12 @@ def detect_ci(environ: os._Environ | dict) -> bool:
     return any(all((environ.get(n) or "").strip() for n in pair) for pair in _CI_PAIRS)
 
 
-def decide(config: Config, environ: os._Environ | dict | None = None) -> Decision:
-    """Apply the precedence of ``docs/privacy.md``; the first opt-out found is the reason."""
+def decide(config: Config, environ: os._Environ | dict | None = None, choices: dict | None = None) -> Decision:
+    """Apply the precedence of ``docs/privacy.md``; the first opt-out found is the reason.
+
+    :param choices: what ``callhome enable``/``disable`` saved (``choices.load``), once the
+        worker has read it; the host's thread decides on the environment alone.
+    """
     environ = os.environ if environ is None else environ
     if not config.enabled:
         return Decision(False, "disabled by the host application (enabled=False)")
@@ -63,7 +67,12 @@ def decide(config: Config, environ: os._Environ | dict | None = None) -> Decisio
                  *config.optout_env):
         if env_flag(environ.get(name)):
             return Decision(False, f"disabled by {name}={environ.get(name, '').strip()}")
+    choices = choices or {}
+    if choices.get("disabled"):
+        return Decision(False, f"disabled by `disable` (saved in {choices.get('disabled_by')})")
     is_ci = detect_ci(environ)
     if is_ci and not config.send_in_ci:
         return Decision(False, "CI detected; the host did not set send_in_ci=True", is_ci=True)
+    if config.consent == "opt-in" and choices.get("loaded") and not choices.get("consent"):
+        return Decision(False, "waiting for consent: the product asks before sending (run `enable`)", is_ci)
     return Decision(True, None, is_ci=is_ci)

@@ -261,6 +261,19 @@ class DiskQueue:
                 recovered += 1
         return recovered
 
+    def purge(self) -> int:
+        """Delete every waiting batch (telemetry was turned off); returns how many records."""
+        removed = 0
+        for sub in ("ready", "inflight"):
+            for name in self._names(sub):
+                entry = parse_entry(name.split(".chq")[0] + ".chq")
+                try:
+                    os.unlink(self._path(sub, name))
+                except OSError:
+                    continue
+                removed += entry.count - entry.done if entry else 0
+        return removed
+
     # -- keeping things bounded ------------------------------------------------------------
     def quarantine(self, sub: str, name: str, reason: str) -> None:
         try:

@@ -94,6 +94,9 @@ class HttpTransport:
         self._templates = {kind: self.session.prepare_request(requests.Request(
             "POST", endpoint + path, headers=headers, data=b"{}")) for kind, path in _PATHS.items()}
 
+    def url(self, kind: str) -> str:
+        return self.endpoint + _PATHS[kind]
+
     def send(self, kind: str, payload: dict) -> SendResult:
         """POST one record; never raises."""
         request = self._templates[kind].copy()

@@ -8,15 +8,18 @@ hook when the worker could not persist in time).
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 
-from . import identity
+from . import choices, identity
 from ._fs import product_dir
 from ._log import logger
 from .buffer import OWN_THREADS
 from .delivery import Sender
 from .memqueue import MemoryQueue
+from .notice import notice_text
+from .optout import decide
 from .queue import DiskQueue, frame
 
 __all__ = ["Worker"]
@@ -46,6 +49,8 @@ class Worker:
         self._flush_ok = False
         self._stopping = False
         self._call_home_due = 0.0
+        self.choices: dict = {}
+        self.refused = None  # the Decision, when the saved choices turned telemetry off
         self.thread = threading.Thread(target=self._run, name="callhome-worker", daemon=True)
 
     # -- called from the host's threads ------------------------------------------------------
@@ -107,10 +112,14 @@ class Worker:
                 self._setup()
             finally:
                 self._setup_lock.release()
-            self.persist()
+            if self.refused is None:
+                self.persist()
             return
         # the worker is still opening the queue (a loaded machine): use a handle of our own
-        queue, installation_id, _ = self._open()
+        directory = self._directory()
+        if directory and not decide(self.agent.config, choices=choices.load(directory)).enabled:
+            return
+        queue, installation_id, _ = self._open(directory)
         lines = [line for line in (self._frame(r, installation_id) for r in self.agent.buffer.drain()) if line]
         try:
             queue.put(lines, time.time())
@@ -122,6 +131,10 @@ class Worker:
         OWN_THREADS.add(threading.get_ident())
         with self._setup_lock:
             self._guard(self._setup)
+        if self.refused is not None:
+            self.agent.refuse(self.refused)
+            OWN_THREADS.discard(threading.get_ident())
+            return
         self._guard(self._maybe_call_home)
         while not self._stopping:
             self._wake.wait(self._interval())
@@ -172,16 +185,54 @@ class Worker:
         return sum(counters.snapshot("dropped.").values()) + counters.get("rejected")
 
     def _setup(self) -> None:
-        """Open the queue (or fall back to memory) and read the installation id. Idempotent."""
-        if self.queue is None:
-            self.queue, self.installation_id, self.disk_error = self._open()
-            self.sender = Sender(self.queue, self.agent.counters)
+        """Read the saved choices; if they allow it, open the queue and show the notice. Idempotent."""
+        if self.queue is not None or self.refused is not None:
+            return
+        config = self.agent.config
+        directory = self._directory()
+        self.choices = choices.load(directory) if directory else {}
+        decision = decide(config, choices=self.choices)
+        if not decision.enabled:
+            self.refused = decision  # decided before anything is created
+            return
+        self.queue, self.installation_id, self.disk_error = self._open(directory)
+        self.sender = Sender(self.queue, self.agent.counters, self._current_choices)
+        if directory and self.disk_error is None:
+            self._show_notice(directory, decision.is_ci)
 
-    def _open(self) -> tuple:
+    def _directory(self) -> str | None:
+        try:
+            return product_dir(self.agent.config.product_id, self.agent.config.data_dir)
+        except Exception:  # no home directory at all: memory-only
+            return None
+
+    def _current_choices(self) -> dict:
+        """The saved choices as they are now (``callhome disable`` may run while we do)."""
+        directory = self._directory()
+        self.choices = choices.load(directory) if directory else {}
+        return self.choices
+
+    def _show_notice(self, directory: str, is_ci: bool) -> None:
+        """Once per product and notice version; on a terminal the first send waits for the next run."""
+        if is_ci or self.choices.get("notice_version") == choices.NOTICE_VERSION:
+            return
+        text = notice_text(self.agent.config, directory)
+        if _is_terminal():
+            sys.stderr.write(text + "\n")
+            self.sender.deferred = True
+        else:
+            logger().warning("%s", text)
+        try:
+            choices.save(directory, notice_version=choices.NOTICE_VERSION, notice_at=int(time.time()))
+        except OSError:
+            pass
+
+    def _open(self, directory: str | None) -> tuple:
         """(queue, installation id, why the disk is unusable) for the current configuration."""
         config = self.agent.config
         try:
-            directory = product_dir(config.product_id, config.data_dir)
+            if directory is None:
+                raise FileNotFoundError("no home directory for callhome's state")
             queue = DiskQueue(directory, config.fsync).open()
             settings = {"endpoint": config.endpoint, "domain": config.domain, "ip_addr": config.ip_addr,
                         "relay": config.relay}
@@ -281,3 +332,10 @@ class Worker:
         if time.monotonic() - self._maintained_at > MAINTENANCE_INTERVAL:
             self._maintained_at = time.monotonic()
             self._prune()
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed by the host
+        return False

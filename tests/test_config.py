@@ -31,6 +31,8 @@ DEFAULTS = {
     "env_prefix": None,
     "optout_env": (),
     "max_buffer": 10000,
+    "consent": "opt-out",
+    "cli_command": None,
     "max_queue_events": 50000,
     "max_queue_bytes": 32 * 1024 * 1024,
     "max_age": 7 * 86400.0,

@@ -1,0 +1,31 @@
+"""The first-run notice: what is collected, where the id lives, how to opt out and to look.
+
+Shown once per product (again when ``choices.NOTICE_VERSION`` changes). On a terminal it goes to
+stderr and the first send waits for the next run, so a person can opt out before anything
+leaves the machine; without a terminal it is logged once through the ``callhome`` logger.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .config import Config
+from .optout import product_variable
+
+__all__ = ["notice_text"]
+
+
+def notice_text(config: Config, state_dir: str | None = None) -> str:
+    """The notice for this product, as printed (several lines, no trailing newline)."""
+    host = re.sub(r"^https?://", "", config.endpoint)
+    command = config.cli_command or f"callhome --product {config.product_id}"
+    where = os.path.join(state_dir, "installation_id") if state_dir else "its state directory"
+    return "\n".join([
+        f"[callhome] {config.product_id} sends anonymous usage data to {host} (Reo.Dev): the",
+        "  activity names and times, product, callhome, OS and Python versions, a random",
+        f"  installation id ({where}), and the company domain or IP address configured.",
+        "  Never host or user names, paths, arguments, environment values or file contents.",
+        f"  Opt out: DO_NOT_TRACK=1, {product_variable(config)}=1, or `{command} disable`.",
+        f"  See what is sent: `{command} preview`, or CALLHOME_DEBUG=1.",
+    ])
