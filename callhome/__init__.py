@@ -16,7 +16,7 @@ from __future__ import annotations
 from ._version import __version__
 from .agent import Agent
 
-__all__ = ["Agent", "__version__", "call_home", "flush", "init", "shutdown", "status", "track"]
+__all__ = ["Agent", "__version__", "call_home", "flush", "init", "notice_text", "shutdown", "status", "track"]
 
 _default: Agent | None = None
 
@@ -53,6 +53,11 @@ def shutdown(timeout: float = 1.0) -> None:
     """Flush within ``timeout``, keep the rest on disk for the next process, stop the worker."""
     if _default is not None:
         _default.shutdown(timeout)
+
+
+def notice_text() -> str:
+    """The first-run notice callhome shows (what is sent, where the id lives, how to opt out)."""
+    return _agent().notice_text()
 
 
 def status() -> dict:

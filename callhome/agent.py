@@ -238,6 +238,18 @@ class Agent:
 
     # -- transparency ----------------------------------------------------------------------------
     @_guarded
+    def notice_text(self) -> str:
+        """The first-run notice, for hosts that show it themselves (e.g. in ``--help``)."""
+        from ._fs import product_dir
+        from .notice import notice_text
+
+        config = self.config
+        if config is None:
+            return ""
+        directory = product_dir(config.product_id, config.data_dir) if config.data_dir else None
+        return notice_text(config, directory)
+
+    @_guarded
     def status(self) -> dict:
         """What the agent is doing and why, without touching the disk (see ``docs/architecture.md``)."""
         config, worker = self.config, self._worker

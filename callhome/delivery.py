@@ -176,7 +176,7 @@ class Sender:
         if record is None:
             self.counters.add("dropped.corrupt")
             return True
-        if not decide(config).enabled:
+        if not decide(config, choices=self.choices()).enabled:
             self.counters.add("dropped.opted_out")
             return True
         payload = fill_identity(record["payload"], config)

@@ -19,13 +19,20 @@ __all__ = ["notice_text"]
 def notice_text(config: Config, state_dir: str | None = None) -> str:
     """The notice for this product, as printed (several lines, no trailing newline)."""
     host = re.sub(r"^https?://", "", config.endpoint)
-    command = config.cli_command or f"callhome --product {config.product_id}"
-    where = os.path.join(state_dir, "installation_id") if state_dir else "its state directory"
+    where = os.path.join(state_dir, "installation_id") if state_dir else "callhome's state directory"
     return "\n".join([
-        f"[callhome] {config.product_id} sends anonymous usage data to {host} (Reo.Dev): the",
-        "  activity names and times, product, callhome, OS and Python versions, a random",
-        f"  installation id ({where}), and the company domain or IP address configured.",
+        f"[callhome] {config.product_id} sends anonymous usage data to {host} (Reo.Dev):",
+        "  activity names and times; product, callhome, OS and Python versions; the company",
+        "  domain or IP address configured; a random installation id, stored in",
+        f"  {where}.",
         "  Never host or user names, paths, arguments, environment values or file contents.",
-        f"  Opt out: DO_NOT_TRACK=1, {product_variable(config)}=1, or `{command} disable`.",
-        f"  See what is sent: `{command} preview`, or CALLHOME_DEBUG=1.",
+        f"  Opt out: DO_NOT_TRACK=1, {product_variable(config)}=1, or `{_command(config, 'disable')}`.",
+        f"  See what is sent: `{_command(config, 'preview')}`, or CALLHOME_DEBUG=1.",
     ])
+
+
+def _command(config: Config, verb: str) -> str:
+    """How a person runs ``verb``: the host's own ``<cli> telemetry`` if it mounted one."""
+    if config.cli_command:
+        return f"{config.cli_command} {verb}"
+    return f"callhome {verb} --product {config.product_id}"

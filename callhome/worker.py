@@ -7,6 +7,7 @@ hook when the worker could not persist in time).
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -49,7 +50,9 @@ class Worker:
         self._flush_ok = False
         self._stopping = False
         self._call_home_due = 0.0
+        self.directory: str | None = None
         self.choices: dict = {}
+        self._choices_stamp: tuple = ()
         self.refused = None  # the Decision, when the saved choices turned telemetry off
         self.thread = threading.Thread(target=self._run, name="callhome-worker", daemon=True)
 
@@ -189,7 +192,7 @@ class Worker:
         if self.queue is not None or self.refused is not None:
             return
         config = self.agent.config
-        directory = self._directory()
+        directory = self.directory = self._directory()
         self.choices = choices.load(directory) if directory else {}
         decision = decide(config, choices=self.choices)
         if not decision.enabled:
@@ -207,9 +210,16 @@ class Worker:
             return None
 
     def _current_choices(self) -> dict:
-        """The saved choices as they are now (``callhome disable`` may run while we do)."""
-        directory = self._directory()
-        self.choices = choices.load(directory) if directory else {}
+        """The saved choices as they are now: ``callhome disable`` may run while we send.
+
+        Asked before every request, so the files are read again only when they changed.
+        """
+        directory = self.directory
+        if directory is None:
+            return {}
+        stamp = tuple(_mtime(path) for path in choices.paths(directory))
+        if stamp != self._choices_stamp:
+            self.choices, self._choices_stamp = choices.load(directory), stamp
         return self.choices
 
     def _show_notice(self, directory: str, is_ci: bool) -> None:
@@ -339,3 +349,10 @@ def _is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed by the host
         return False
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
