@@ -16,7 +16,8 @@ from __future__ import annotations
 from ._version import __version__
 from .agent import Agent
 
-__all__ = ["Agent", "__version__", "call_home", "flush", "init", "notice_text", "shutdown", "status", "track"]
+__all__ = ["Agent", "__version__", "call_home", "count", "flush", "init", "notice_text", "shutdown", "status",
+           "track"]
 
 _default: Agent | None = None
 
@@ -37,6 +38,11 @@ def track(activity: str, user_id: str | None = None, user_id_type: str | None = 
           meta: dict | None = None, event_at: object = None) -> str | None:
     """Queue one usage event; returns its ``event_id``, or None when it was not queued."""
     return _default.track(activity, user_id, user_id_type, meta, event_at) if _default else None
+
+
+def count(activity: str, n: int = 1, meta: dict | None = None) -> bool:
+    """Add ``n`` to ``activity``'s count; one aggregate record per activity and window is sent."""
+    return _default.count(activity, n, meta) if _default else False
 
 
 def call_home(meta: dict | None = None) -> str | None:

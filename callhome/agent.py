@@ -60,6 +60,8 @@ class Agent:
         self._static: dict = {}
         self._base_meta: dict = {}
         self._problems: deque = deque(maxlen=20)
+        self.counter = None  # aggregate counts, created by the first count()
+        self.count_meta: dict = {}
         self._worker = None
         self._lock = threading.Lock()
         self._exit_hooked = False
@@ -110,7 +112,62 @@ class Agent:
         if threading.get_ident() in OWN_THREADS:
             self.counters.add("dropped.recursion")
             return None
-        return self._accept(self._build(activity, user_id, user_id_type, meta, event_at))
+        record = self._build(activity, user_id, user_id_type, meta, event_at)
+        mode = self.config.activity_modes.get(record["payload"]["activity_type"]) if record else None
+        if mode in ("aggregate", "both"):
+            self.count(record["payload"]["activity_type"])
+        return None if mode == "aggregate" else self._accept(record)
+
+    @_guarded
+    def count(self, activity: str, n: int = 1, meta: dict | None = None) -> bool:
+        """Add ``n`` to ``activity``'s count in the current window, sent as one aggregate record.
+
+        Cheap and non-blocking (an in-memory counter). ``meta`` is attached to the records this
+        process sends for ``activity``: use it for properties that do not change per call.
+        :return: True when counted.
+        """
+        if threading.get_ident() in OWN_THREADS:
+            self.counters.add("dropped.recursion")
+            return False
+        config = self.config
+        if config is None or self._closed or not (self.decision.enabled or config.debug):
+            return False
+        problems: list = []
+        try:
+            name = clean_activity(activity, problems)
+        except Rejected as exc:
+            self._note([str(exc)])
+            self.counters.add("dropped.invalid")
+            return False
+        if type(n) is not int or not 1 <= n < 2 ** 53:
+            self._note([f"count n={n!r} is not a whole number >= 1; not counted"])
+            self.counters.add("dropped.invalid")
+            return False
+        if meta is not None:
+            self.count_meta[name] = clean_meta(meta, problems)
+        if problems:
+            self._note(problems)
+        if config.debug or not self.decision.enabled:
+            sys.stderr.write(f"[callhome] (not sent: {self.decision.reason or 'debug mode'}) count {name} +{n}\n")
+            return True
+        return self._count(name, n)
+
+    def _count(self, name: str, n: int) -> bool:
+        counter = self.counter or self._new_counter()
+        if not counter.add(name, n, time.time()):
+            self.counters.add("dropped.aggregate_cap")
+            return False
+        if self._worker is None:
+            self._ensure_worker()
+        return True
+
+    def _new_counter(self):
+        from .aggregate import Counter
+
+        with self._lock:
+            if self.counter is None:
+                self.counter = Counter(self.config.aggregate_interval)
+            return self.counter
 
     @_guarded
     def call_home(self, meta: dict | None = None) -> str | None:
@@ -232,6 +289,7 @@ class Agent:
         # The parent owns the records it buffered and its threads are gone here: start clean.
         OWN_THREADS.clear()
         self.buffer = Buffer(self.buffer.maxlen)
+        self.counter = None  # the parent merges its own counts
         self.counters = Counters()
         self._lock = threading.Lock()
         self._worker = None
@@ -268,6 +326,7 @@ class Agent:
             "queue_dir": getattr(worker.queue, "dir", None) if worker else None,
             "state": sender.state if sender else "idle",
             "buffered": len(self.buffer),
+            "counting": len(self.counter) if self.counter else 0,
             "queued": worker.depth[0] if worker else 0,
             "accepted": self.counters.get("accepted"),
             "delivered": self.counters.get("delivered"),

@@ -28,6 +28,7 @@ ENV = {
     "CALLHOME_CALL_HOME_INTERVAL": "call_home_interval",
     "CALLHOME_TIMEOUT": "timeout",
     "CALLHOME_RELAY": "relay",
+    "CALLHOME_AGGREGATE_INTERVAL": "aggregate_interval",
 }
 
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -40,7 +41,8 @@ class Config:
         "product_id", "api_key", "endpoint", "environment", "source", "domain", "ip_addr",
         "relay", "product_version", "data_dir", "flush_interval", "call_home_interval",
         "call_home_activity", "timeout", "exit_timeout", "debug", "strict", "enabled",
-        "send_in_ci", "env_prefix", "optout_env", "consent", "cli_command", "max_buffer", "max_queue_events",
+        "send_in_ci", "env_prefix", "optout_env", "consent", "cli_command", "aggregate_interval",
+        "activity_modes", "max_buffer", "max_queue_events",
         "max_queue_bytes", "max_age", "max_attempts", "max_event_bytes", "fsync",
         "problems",
     )
@@ -89,6 +91,8 @@ _OPTIONS = {
     "env_prefix": (None, (), None),
     "optout_env": ((), (), "names"),
     "consent": ("opt-out", (), "consent"),
+    "aggregate_interval": (3600.0, ("CALLHOME_AGGREGATE_INTERVAL",), "interval"),
+    "activity_modes": ({}, (), "modes"),
     "cli_command": (None, (), None),
     "max_buffer": (10000, (), "count"),
     "max_queue_events": (50000, (), "count"),
@@ -150,7 +154,8 @@ _BAD = object()
 _HINTS = {"endpoint": "use https://, or http:// only to a loopback address, with no path",
           "source": "use TELEMETRY or PRODUCT_CLOUD", "seconds": "use a number of seconds >= 0",
           "count": "use a whole number > 0", "bool": "use true or false",
-          "consent": "use 'opt-out' or 'opt-in'"}
+          "consent": "use 'opt-out' or 'opt-in'", "interval": "use seconds from 1 to 31 days",
+          "modes": "use {activity: 'single' | 'aggregate' | 'both'}"}
 
 
 def _invalid(what: str, kind: str | None) -> str:
@@ -177,6 +182,11 @@ def _parse(value: object, kind: str | None) -> object:
             return _source(str(value))
         if kind == "consent":
             return value if value in ("opt-out", "opt-in") else _BAD
+        if kind == "interval":
+            seconds = float(value)  # type: ignore[arg-type]
+            return seconds if 1 <= seconds <= 31 * 86400 else _BAD
+        if kind == "modes":
+            return _modes(value)
     except (TypeError, ValueError):
         pass
     return _BAD
@@ -200,6 +210,14 @@ def _endpoint(endpoint: str) -> object:
     if match and (match.group(1) == "https" or match.group(2).lower() in _LOOPBACK_HOSTS):
         return endpoint.strip().rstrip("/")
     return _BAD
+
+
+def _modes(value: object) -> object:
+    """``{activity: "single" | "aggregate" | "both"}``: how ``track()`` of each activity is sent."""
+    if not isinstance(value, dict):
+        return _BAD
+    modes = {str(k).strip(): str(v).strip().lower() for k, v in value.items()}
+    return modes if all(v in ("single", "aggregate", "both") for v in modes.values()) else _BAD
 
 
 def _source(source: str) -> object:

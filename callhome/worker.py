@@ -26,6 +26,9 @@ from .queue import DiskQueue, frame
 __all__ = ["Worker"]
 
 MAINTENANCE_INTERVAL = 60.0
+#: The most exit waits for local disk work (the queue's setup, the aggregate store's lock),
+#: however loaded the machine; the network is never waited for beyond ``exit_timeout``.
+LOCAL_EXIT_BUDGET = 2.0
 DEPTH_REFRESH = 5.0
 
 
@@ -50,6 +53,8 @@ class Worker:
         self._flush_ok = False
         self._stopping = False
         self._call_home_due = 0.0
+        self.aggregates = None  # the AggregateStore, opened when this product counts
+        self._aggregated_at = 0.0
         self.directory: str | None = None
         self.choices: dict = {}
         self._choices_stamp: tuple = ()
@@ -93,32 +98,36 @@ class Worker:
             return self._flush_ok
 
     def stop(self, timeout: float) -> None:
-        """Persist what the buffer holds and let the thread finish, within ``timeout`` seconds."""
+        """Save what this process holds (local disk only), then let the thread finish.
+
+        ``timeout`` bounds the wait for the network; saving the buffer and merging counts is
+        local work, bounded by ``LOCAL_EXIT_BUDGET`` when another process holds the store's lock.
+        """
         deadline = time.monotonic() + max(timeout, 0.0)
         self._stopping = True
         self._wake.set()
-        if self.agent.buffer:
-            self._persist_now()
+        if self.agent.buffer or self.agent.counter:
+            self._save_at_exit()
         with self._put_lock:
             pass  # records the worker already took from the buffer are on disk once it lets go
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(max(deadline - time.monotonic(), 0))
 
-    def _persist_now(self) -> None:
-        """Write the buffer to disk on this thread without waiting for the worker.
-
-        Local writes only (no lock wait, no network): losing accepted events costs more than
-        the few milliseconds it takes, even when a loaded machine stretches them.
-        """
-        if self._setup_lock.acquire(blocking=False):
-            try:
-                self._setup()
-            finally:
-                self._setup_lock.release()
-            if self.refused is None:
-                self.persist()
+    def _save_at_exit(self) -> None:
+        """Persist the buffer and merge the counts on this thread, without waiting for the network."""
+        if not self._setup_lock.acquire(timeout=LOCAL_EXIT_BUDGET):
+            self._persist_with_own_handle()  # the worker is stuck opening the queue
             return
-        # the worker is still opening the queue (a loaded machine): use a handle of our own
+        try:
+            self._setup()
+        finally:
+            self._setup_lock.release()
+        if self.refused is None:
+            self.persist()
+            if self.agent.counter:
+                self._merge_counts(LOCAL_EXIT_BUDGET)
+
+    def _persist_with_own_handle(self) -> None:
         directory = self._directory()
         if directory and not decide(self.agent.config, choices=choices.load(directory)).enabled:
             return
@@ -172,6 +181,11 @@ class Worker:
         self.persist()
         if self._stopping:
             return
+        if forced or time.monotonic() - self._aggregated_at >= min(self.agent.config.flush_interval, 5.0):
+            try:
+                self._aggregate()
+            except OSError:  # the store's lock is busy or its disk failed: next cycle
+                logger().debug("callhome: aggregation skipped this cycle", exc_info=True)
         lost = self._lost()
         emptied = self.sender.run(self.agent.config, forced, self.persist, lambda: self._stopping)
         self._refresh_depth(force=True)
@@ -288,6 +302,60 @@ class Worker:
             self._call_home_due = time.time() + interval
             return
         self.agent.queue_call_home({"automatic": True})
+
+    # -- aggregates --------------------------------------------------------------------------
+    def _aggregate(self) -> None:
+        """Merge this process's counts into the shared store, then send the windows that closed."""
+        self._aggregated_at = time.monotonic()
+        store = self._aggregate_store()
+        if store is None:
+            return
+        self._merge_counts(None)
+        due = store.take_due(time.time())
+        if due:
+            lines = [self._frame(self._aggregate_record(store, *item), None) for item in due]
+            with self._put_lock:
+                self._put([line for line in lines if line])
+            store.mark_emitted(sorted({start for start, _, _ in due}), time.time())
+        for reason, n in store.drain_dropped().items():
+            self.agent.counters.add("dropped." + reason, n)
+
+    def _aggregate_store(self):
+        """The product's shared store, once this process counts or another left windows on disk."""
+        if self.aggregates is None and self.directory and self.disk_error is None:
+            path = os.path.join(self.directory, "aggregate-v1")
+            if self.agent.counter is not None or os.path.isdir(path):
+                from .aggregate import AggregateStore
+
+                self.aggregates = AggregateStore(path, self.agent.config.aggregate_interval).open()
+        return self.aggregates
+
+    def _merge_counts(self, timeout: float | None) -> None:
+        counter, store = self.agent.counter, self._aggregate_store()
+        if counter is None or store is None:
+            if counter is not None and self.disk_error is not None:
+                # no shared store: the counts of several processes could not be merged into one
+                self.agent.counters.add("dropped.aggregate_no_disk", sum(counter.drain().values()))
+            return
+        partial = counter.drain()
+        if not partial:
+            return
+        try:
+            dropped = store.merge(partial, time.time(), timeout)
+        except OSError:  # the lock is busy (filelock.Timeout is an OSError) or the disk failed
+            counter.restore(partial)
+            return
+        for reason, n in dropped.items():
+            self.agent.counters.add("dropped.aggregate_" + reason, n)
+
+    def _aggregate_record(self, store, start: int, activity: str, count: int) -> dict:
+        from .aggregate import aggregate_payload
+
+        config, agent = self.agent.config, self.agent
+        meta = dict(agent.count_meta.get(activity, {}), **agent._base_meta)
+        payload = aggregate_payload(agent._static, activity, start, config.aggregate_interval, count,
+                                    self.installation_id, config.domain, config.ip_addr, meta, store.salt)
+        return {"v": 1, "kind": "aggregate", "payload": payload}
 
     # -- persisting --------------------------------------------------------------------------
     def persist(self) -> None:

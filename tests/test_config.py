@@ -32,6 +32,8 @@ DEFAULTS = {
     "optout_env": (),
     "max_buffer": 10000,
     "consent": "opt-out",
+    "aggregate_interval": 3600.0,
+    "activity_modes": {},
     "cli_command": None,
     "max_queue_events": 50000,
     "max_queue_bytes": 32 * 1024 * 1024,
@@ -54,6 +56,7 @@ ENV_EXAMPLES = {
     "CALLHOME_CALL_HOME_INTERVAL": (" 60 ", 60.0),
     "CALLHOME_TIMEOUT": ("1.5", 1.5),
     "CALLHOME_RELAY": ("yes", True),
+    "CALLHOME_AGGREGATE_INTERVAL": ("600", 600.0),
 }
 
 # An argument value for the option each variable sets, different from ENV_EXAMPLES.
@@ -66,6 +69,7 @@ ARGUMENTS = {
     "data_dir": "/srv/from-arg",
     "flush_interval": 9.0,
     "call_home_interval": 120.0,
+    "aggregate_interval": 900.0,
     "timeout": 3.0,
     "relay": False,
 }
