@@ -318,7 +318,7 @@ class Worker:
                 self._put([line for line in lines if line])
             store.mark_emitted(sorted({start for start, _, _ in due}), time.time())
         for reason, n in store.drain_dropped().items():
-            self.agent.counters.add("dropped." + reason, n)
+            self.agent.counters.add("dropped.aggregate_" + reason, n)
 
     def _aggregate_store(self):
         """The product's shared store, once this process counts or another left windows on disk."""
