@@ -16,8 +16,19 @@ from __future__ import annotations
 from ._version import __version__
 from .agent import Agent
 
-__all__ = ["Agent", "__version__", "call_home", "count", "flush", "init", "notice_text", "shutdown", "status",
-           "track"]
+__all__ = ["Agent", "__version__", "call_home", "count", "flush", "init", "mask_args", "notice_text", "redact_path",
+           "salted_hash", "shutdown", "status", "track"]
+
+#: Public names loaded on first use, so that ``import callhome`` stays cheap.
+_LAZY = {"mask_args": "privacy", "redact_path": "privacy", "salted_hash": "privacy"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'callhome' has no attribute {name!r}")
 
 _default: Agent | None = None
 

@@ -33,7 +33,7 @@ def ensure_private_dir(path: str) -> str:
 
     :raises OSError: when it cannot be created or is not ours (e.g. left behind by ``sudo``).
     """
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    _make_private_dirs(path)
     info = os.stat(path)
     if not os.path.isdir(path):
         raise NotADirectoryError(path)
@@ -42,6 +42,22 @@ def ensure_private_dir(path: str) -> str:
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"{path} is not writable")
     return path
+
+
+def _make_private_dirs(path: str) -> None:
+    """``makedirs`` that gives every directory it creates mode 0700, not only the last one."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
 
 
 def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:

@@ -93,7 +93,7 @@ class Worker:
             while self._flush_done < ticket:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.thread.is_alive():
-                    return False
+                    return self.refused is not None
                 self._done.wait(remaining)
             return self._flush_ok
 
@@ -146,6 +146,7 @@ class Worker:
         if self.refused is not None:
             self.agent.refuse(self.refused)
             OWN_THREADS.discard(threading.get_ident())
+            self._release_flush_waiters(True)  # nothing will ever be sent: nothing is pending
             return
         self._guard(self._maybe_call_home)
         while not self._stopping:
@@ -157,6 +158,12 @@ class Worker:
         if self.sender is not None:
             self._guard(self.sender.close)
         OWN_THREADS.discard(threading.get_ident())
+
+    def _release_flush_waiters(self, ok: bool) -> None:
+        with self._done:
+            self._flush_ok = ok
+            self._flush_done = self._flush_wanted
+            self._done.notify_all()
 
     def _guard(self, step) -> bool:
         """Run one step; an unexpected error is counted and logged at debug, never shown to the host."""
@@ -259,7 +266,7 @@ class Worker:
                 raise FileNotFoundError("no home directory for callhome's state")
             queue = DiskQueue(directory, config.fsync).open()
             settings = {"endpoint": config.endpoint, "domain": config.domain, "ip_addr": config.ip_addr,
-                        "relay": config.relay}
+                        "relay": config.relay, "consent": config.consent, "send_in_ci": config.send_in_ci}
             if queue.state("agent") != settings:  # every process starts here: write only on change
                 queue.set_state("agent", settings)
             installation_id = None if self.agent.ephemeral_id else identity.load_or_create(

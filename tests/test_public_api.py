@@ -22,7 +22,8 @@ def test_all_is_sorted_and_is_exactly_the_public_names():
     assert len(set(callhome.__all__)) == len(callhome.__all__)
     public = {name for name, value in vars(callhome).items()
               if not name.startswith("_") and not inspect.ismodule(value) and name != "annotations"}
-    assert set(callhome.__all__) == public | {"__version__"}
+    assert set(callhome.__all__) == public | set(callhome._LAZY) | {"__version__"}
+    assert all(callable(getattr(callhome, name)) for name in callhome._LAZY)  # loaded on first use
     assert {"init", "track", "call_home", "flush", "shutdown", "status", "Agent"} <= set(callhome.__all__)
 
 
