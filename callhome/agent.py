@@ -62,7 +62,12 @@ class Agent:
         self._problems: deque = deque(maxlen=20)
         self.counter = None  # aggregate counts, created by the first count()
         self.count_meta: dict = {}
-        self._worker = None
+        self.wake = threading.Event()
+        #: Held while records taken from the buffer are being written: exit waits for it.
+        self.persist_lock = threading.Lock()
+        self._worker = None  # the Worker, built by its own thread (its imports stay off the host's)
+        self._thread: threading.Thread | None = None
+        self._worker_ready = threading.Event()
         self._lock = threading.Lock()
         self._exit_hooked = False
         self._closed = False
@@ -157,7 +162,7 @@ class Agent:
         if not counter.add(name, n, time.time()):
             self.counters.add("dropped.aggregate_cap")
             return False
-        if self._worker is None:
+        if self._thread is None:
             self._ensure_worker()
         return True
 
@@ -226,9 +231,10 @@ class Agent:
             self.counters.add("dropped.buffer_full")
             return None
         self.counters.add("accepted")
-        worker = self._worker or self._ensure_worker()
-        if not worker._wake.is_set():
-            worker.wake()
+        if self._thread is None:
+            self._ensure_worker()
+        if not self.wake.is_set():
+            self.wake.set()
         return record["payload"]["event_id"]
 
     def _print(self, record: dict) -> None:
@@ -243,35 +249,52 @@ class Agent:
         sys.stderr.write(f"[callhome] (not sent: {why}) {json.dumps(request, sort_keys=True)}\n")
 
     # -- delivery --------------------------------------------------------------------------------
-    def _ensure_worker(self):
-        from .worker import Worker  # the worker's imports are the agent's only heavy ones
-
+    def _ensure_worker(self) -> None:
         with self._lock:
-            if self._worker is None:
-                worker = Worker(self)
-                worker.start()
-                self._worker = worker
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run_worker, name="callhome-worker", daemon=True)
+                self._thread.start()
                 if not self._exit_hooked:
                     atexit.register(_weak_call(self, "_at_exit"))
                     self._exit_hooked = True
-            return self._worker
+
+    def _run_worker(self) -> None:
+        from .worker import Worker  # the agent's only heavy imports, made on the worker's thread
+
+        self._worker = Worker(self, threading.current_thread())
+        self._worker_ready.set()
+        self._worker.run()
+
+    def _worker_within(self, timeout: float):
+        """The Worker, waiting up to ``timeout`` for its thread to build it; None if not started."""
+        if self._thread is None:
+            return None
+        if self._worker is None and not self._worker_ready.wait(timeout):
+            from .worker import Worker  # the thread is slow to start (a loaded machine): act here
+
+            return Worker(self, self._thread)
+        return self._worker
 
     @_guarded
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver everything queued so far (and any backlog on disk); True if it all went."""
         if self.config is None or not self.decision.enabled or self.config.debug:
             return True
-        return bool(self._ensure_worker().flush(timeout))
+        deadline = time.monotonic() + timeout
+        self._ensure_worker()
+        worker = self._worker_within(timeout)
+        return bool(worker.flush(max(deadline - time.monotonic(), 0)))
 
     @_guarded
     def shutdown(self, timeout: float = 1.0) -> None:
         """Flush within ``timeout``, persist what remains for the next process, stop the thread."""
         deadline = time.monotonic() + timeout
-        if self._worker is not None:
-            self._worker.flush(timeout)
-            self._worker.stop(max(deadline - time.monotonic(), 0))
-        self._worker = None
+        worker = self._worker_within(timeout)
+        if worker is not None:
+            worker.flush(max(deadline - time.monotonic(), 0))
+            worker.stop(max(deadline - time.monotonic(), 0))
         self._closed = True
+        self._forget_worker()
 
     def refuse(self, decision: Decision) -> None:
         """The worker found telemetry off (a saved ``disable``, or no consent yet): keep nothing."""
@@ -280,8 +303,9 @@ class Agent:
 
     def _at_exit(self) -> None:
         try:
-            if self._worker is not None and self.config is not None:
-                self._worker.stop(self.config.exit_timeout)
+            worker = self._worker_within(0) if self.config is not None else None
+            if worker is not None:
+                worker.stop(self.config.exit_timeout)
         except Exception:
             pass  # never a traceback at the host's exit
 
@@ -292,7 +316,13 @@ class Agent:
         self.counter = None  # the parent merges its own counts
         self.counters = Counters()
         self._lock = threading.Lock()
-        self._worker = None
+        self._forget_worker()
+
+    def _forget_worker(self) -> None:
+        self.wake = threading.Event()
+        self.persist_lock = threading.Lock()
+        self._worker, self._thread = None, None
+        self._worker_ready = threading.Event()
 
     # -- transparency ----------------------------------------------------------------------------
     @_guarded

@@ -28,6 +28,14 @@ AUTH_PAUSE = 3600.0
 CYCLE_BUDGET = 10.0
 #: Records waiting beyond which a second connection drains in parallel.
 PARALLEL_BACKLOG = 64
+#: Renaming a claim after every record costs a fifth of a loopback request; every 16 is enough.
+RENEW_EVERY = 16
+#: Records persisted between two sends that mean "the host is tracking in a burst".
+BURST_RECORDS = 64
+
+
+#: The variables an end user sets to opt out while a product runs (the product's own is in decide()).
+_WATCHED = ("CALLHOME_DISABLED", "CALLHOME_DISABLE", "DO_NOT_TRACK")
 
 
 class _Cycle:
@@ -58,6 +66,10 @@ class Sender:
         self.choices = choices
         #: True in the process that just showed the first-run notice: the next run sends.
         self.deferred = False
+        #: True while a request is on the wire: exit waits for it, within its budget.
+        self.in_flight = False
+        self._sent: list = []
+        self._decided: tuple = (None, None)
         self.state = "idle"
         self.last_send: dict | None = None
         self._transports: dict = {}
@@ -84,6 +96,7 @@ class Sender:
             finished = self._drain_all(cycle)
         finally:
             self._release()
+            self._write_sent_log()
         if finished:
             self.state = "idle"
         elif not cycle.halted:
@@ -160,9 +173,10 @@ class Sender:
                 cycle.halted = True
                 return False
             done += 1
-            if slot == 0:
-                cycle.between()
-            if done < len(records):
+            if slot == 0 and cycle.between() >= BURST_RECORDS:
+                cycle.halted = True  # the host is tracking in a burst: let it have the interpreter
+            if done < len(records) and (done - claim.entry.done) % RENEW_EVERY == 0:
+                # progress and a fresh lease, every few records: a crash resends at most those
                 claim = self.queue.renew(claim, done, time.time() + self._lease(cycle.config, claim.entry))
                 if claim is None:
                     return True  # lost the claim (lease expired); the new owner goes on
@@ -176,12 +190,16 @@ class Sender:
         if record is None:
             self.counters.add("dropped.corrupt")
             return True
-        if not decide(config, choices=self.choices()).enabled:
+        if not self._allowed(config):
             self.counters.add("dropped.opted_out")
             return True
         payload = fill_identity(record["payload"], config)
         transport = self._transport(config, slot)
-        result = transport.send(record.get("kind", "usage"), payload)
+        self.in_flight = True
+        try:
+            result = transport.send(record.get("kind", "usage"), payload)
+        finally:
+            self.in_flight = False
         self._remember(result, transport.url(record.get("kind", "usage")), payload)
         if result.outcome == OK:
             self.counters.add("delivered")
@@ -196,6 +214,15 @@ class Sender:
         return self._pause(config, claim, index, result)
 
     _backing_off = True  # clear a stale shared backoff on the first success of this process
+
+    def _allowed(self, config: Config) -> bool:
+        """``decide()`` before a request, again only when an opt-out variable or the choices changed."""
+        choices = self.choices()
+        key = (config, id(choices), tuple(os.environ.get(name) for name in _WATCHED), config.optout_env and
+               tuple(os.environ.get(name) for name in config.optout_env))
+        if self._decided[0] != key:
+            self._decided = (key, decide(config, choices=choices).enabled)
+        return self._decided[1]
 
     def _pause(self, config: Config, claim, index: int, result: SendResult) -> bool:
         now = time.time()
@@ -221,11 +248,17 @@ class Sender:
         return False
 
     def _remember(self, result: SendResult, url: str, payload: dict) -> None:
-        """Keep the answer for ``status()``, and the request in the local sent log (``callhome log``)."""
+        """Keep the answer for ``status()``, and the request for the sent log (written per cycle)."""
         self.last_send = {"at": time.time(), "outcome": result.outcome, "status": result.status,
                           "detail": result.detail}
+        self._sent.append(dict(self.last_send, url=url, payload=payload))
+
+    def _write_sent_log(self) -> None:
+        """The requests of this cycle into the local sent log (``callhome log``) and CALLHOME_LOG_FILE."""
+        entries, self._sent = self._sent, []
         log = os.path.join(os.path.dirname(self.queue.dir), sentlog.FILE) if self.queue.dir else None
-        sentlog.append(log, dict(self.last_send, url=url, payload=payload), os.environ.get("CALLHOME_LOG_FILE"))
+        if entries:
+            sentlog.append(log, entries, os.environ.get("CALLHOME_LOG_FILE"))
 
     # -- resources -----------------------------------------------------------------------------
     def _transport(self, config: Config, slot: int) -> HttpTransport:

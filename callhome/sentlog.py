@@ -18,12 +18,12 @@ FILE = "sent.log"
 MAX_BYTES = 64 * 1024
 
 
-def append(path: str | None, entry: dict, extra_path: str | None = None) -> None:
-    """Add ``entry`` to the bounded log at ``path`` (and to ``extra_path``); never raises."""
-    line = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+def append(path: str | None, entries: list, extra_path: str | None = None) -> None:
+    """Add ``entries`` to the bounded log at ``path`` (and to ``extra_path``); never raises."""
+    data = b"".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode() + b"\n" for e in entries)
     for target in (path, extra_path):
         if target:
-            _append_line(target, line)
+            _append_line(target, data)
     try:
         if path and os.path.getsize(path) > MAX_BYTES:
             _keep_newest(path, MAX_BYTES // 2)
@@ -37,7 +37,7 @@ def _append_line(path: str, line: bytes) -> None:
     except OSError:
         return
     try:
-        os.write(fd, line)  # one write per line: concurrent writers do not interleave within it
+        os.write(fd, line)  # one O_APPEND write: concurrent writers do not interleave within it
     except OSError:
         pass
     finally:

@@ -29,14 +29,19 @@ MAINTENANCE_INTERVAL = 60.0
 #: The most exit waits for local disk work (the queue's setup, the aggregate store's lock),
 #: however loaded the machine; the network is never waited for beyond ``exit_timeout``.
 LOCAL_EXIT_BUDGET = 2.0
+#: Records arriving between two looks that mean "the host is tracking in a burst".
+BURST_RECORDS = 64
+#: The longest sending waits for a burst to end.
+BURST_LIMIT = 2.0
 DEPTH_REFRESH = 5.0
 
 
 class Worker:
     """Owns the queue, the sender and the thread for one :class:`callhome.agent.Agent`."""
 
-    def __init__(self, agent) -> None:
+    def __init__(self, agent, thread: threading.Thread) -> None:
         self.agent = agent
+        self.thread = thread
         self.queue = None
         self.sender: Sender | None = None
         self.installation_id: str | None = None
@@ -44,9 +49,9 @@ class Worker:
         self.depth = (0, 0)
         self._depth_at = 0.0
         self._maintained_at = 0.0
-        self._wake = threading.Event()
+        self._wake = agent.wake
         self._done = threading.Condition()
-        self._put_lock = threading.Lock()
+        self._put_lock = agent.persist_lock  # shared with a Worker the exit hook may build
         self._setup_lock = threading.Lock()
         self._flush_wanted = 0
         self._flush_done = 0
@@ -59,12 +64,8 @@ class Worker:
         self.choices: dict = {}
         self._choices_stamp: tuple = ()
         self.refused = None  # the Decision, when the saved choices turned telemetry off
-        self.thread = threading.Thread(target=self._run, name="callhome-worker", daemon=True)
 
     # -- called from the host's threads ------------------------------------------------------
-    def start(self) -> None:
-        self.thread.start()
-
     def wake(self) -> None:
         self._wake.set()
 
@@ -110,7 +111,8 @@ class Worker:
             self._save_at_exit()
         with self._put_lock:
             pass  # records the worker already took from the buffer are on disk once it lets go
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
+        # a request in flight may finish within the budget; anything else is done or can wait
+        if self.sender is not None and self.sender.in_flight and self.thread is not threading.current_thread():
             self.thread.join(max(deadline - time.monotonic(), 0))
 
     def _save_at_exit(self) -> None:
@@ -139,7 +141,8 @@ class Worker:
             self.agent.counters.add("dropped.disk_error", len(lines))
 
     # -- the thread --------------------------------------------------------------------------
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The thread's loop (the agent starts the thread, whose first act is to build us)."""
         OWN_THREADS.add(threading.get_ident())
         with self._setup_lock:
             self._guard(self._setup)
@@ -185,7 +188,10 @@ class Worker:
         forced = ticket > self._flush_done
         if time.time() >= self._call_home_due:
             self._maybe_call_home()
-        self.persist()
+        if forced:
+            self.persist()
+        else:
+            self._persist_while_bursting()
         if self._stopping:
             return
         if forced or time.monotonic() - self._aggregated_at >= min(self.agent.config.flush_interval, 5.0):
@@ -294,21 +300,31 @@ class Worker:
         self._call_home_due = float("inf")
         if interval <= 0 or isinstance(self.queue, MemoryQueue):
             return  # without shared state the interval cannot be kept: send none rather than many
+        last = self._last_call_home()
+        if time.time() - last < interval:  # the common case needs no lock (nor filelock's import)
+            self._call_home_due = last + interval
+            return
         try:
             from filelock import FileLock
 
             with FileLock(self.queue.lock_path("state"), timeout=2):
-                last = float(self.queue.state("call_home").get("at", 0))
-                now = time.time()
-                self._call_home_due = max(last, now) + interval if now - last < interval else now + interval
+                last, now = self._last_call_home(), time.time()  # again, under the lock
                 if now - last < interval:
+                    self._call_home_due = last + interval
                     return
                 self.queue.set_state("call_home", {"at": now})
+                self._call_home_due = now + interval
         except Exception:
             logger().debug("callhome: automatic CALL_HOME skipped", exc_info=True)
             self._call_home_due = time.time() + interval
             return
         self.agent.queue_call_home({"automatic": True})
+
+    def _last_call_home(self) -> float:
+        try:
+            return float(self.queue.state("call_home").get("at", 0))
+        except (TypeError, ValueError):  # a state file edited by hand
+            return 0.0
 
     # -- aggregates --------------------------------------------------------------------------
     def _aggregate(self) -> None:
@@ -344,14 +360,15 @@ class Worker:
                 # no shared store: the counts of several processes could not be merged into one
                 self.agent.counters.add("dropped.aggregate_no_disk", sum(counter.drain().values()))
             return
-        partial = counter.drain()
-        if not partial:
-            return
-        try:
-            dropped = store.merge(partial, time.time(), timeout)
-        except OSError:  # the lock is busy (filelock.Timeout is an OSError) or the disk failed
-            counter.restore(partial)
-            return
+        with self._put_lock:  # exit waits for counts this thread took, as for records
+            partial = counter.drain()
+            if not partial:
+                return
+            try:
+                dropped = store.merge(partial, time.time(), timeout)
+            except OSError:  # the lock is busy (filelock.Timeout is an OSError) or the disk failed
+                counter.restore(partial)
+                return
         for reason, n in dropped.items():
             self.agent.counters.add("dropped.aggregate_" + reason, n)
 
@@ -365,15 +382,28 @@ class Worker:
         return {"v": 1, "kind": "aggregate", "payload": payload}
 
     # -- persisting --------------------------------------------------------------------------
-    def persist(self) -> None:
-        """Move buffered records to the queue; the disk failing moves us to memory-only."""
+    def _persist_while_bursting(self) -> None:
+        """Persist, and keep only persisting while the host tracks in a burst.
+
+        A request costs the worker about a millisecond of the interpreter's lock; sending during
+        a burst would slow the host's loop, so the burst is put on disk (every 50 ms) and sent
+        once it calms down (or after ``BURST_LIMIT``).
+        """
+        until = time.monotonic() + BURST_LIMIT
+        while self.persist() >= BURST_RECORDS and time.monotonic() < until and not self._stopping:
+            self._wake.wait(0.05)
+            self._wake.clear()
+
+    def persist(self) -> int:
+        """Move buffered records to the queue; returns how many. A failing disk means memory-only."""
         if not self.agent.buffer:
-            return
+            return 0
         with self._put_lock:
             records = self.agent.buffer.drain()
             lines = [line for line in (self._frame(r, self.installation_id) for r in records) if line]
             if lines:
                 self._put(lines)
+        return len(records)
 
     def _frame(self, record: dict, installation_id: str | None) -> bytes | None:
         if installation_id:
