@@ -8,16 +8,14 @@ turns the host's own mistakes (bad arguments) into ``ValueError`` while integrat
 from __future__ import annotations
 
 import atexit
-import functools
 import os
 import sys
-import threading
+import _thread  # get_ident without threading, which init() imports when it needs it
 import time
 import weakref
-from collections import deque
 
 from ._version import __version__
-from .buffer import OWN_THREADS, Buffer, Counters
+from .buffer import OWN_THREADS, Buffer, Counters, deque
 from .config import Config, resolve
 from .optout import Decision, decide
 from .payload import Rejected, clean_activity, clean_meta, clean_user, coerce_event_at, new_event_id, static_fields
@@ -28,7 +26,6 @@ __all__ = ["Agent"]
 def _guarded(method):
     """Never let an error reach the host, except a ValueError/TypeError it asked for with ``strict``."""
 
-    @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
@@ -40,6 +37,8 @@ def _guarded(method):
             self.counters.add("internal_errors")
         return None
 
+    guarded.__name__, guarded.__qualname__, guarded.__doc__ = method.__name__, method.__qualname__, method.__doc__
+    guarded.__wrapped__ = method  # as functools.wraps would (not imported: it costs the host's import)
     return guarded
 
 
@@ -59,16 +58,11 @@ class Agent:
         self._strict = bool(options.get("strict"))
         self._static: dict = {}
         self._base_meta: dict = {}
-        self._problems: deque = deque(maxlen=20)
+        self._problems = deque(maxlen=20)
         self.counter = None  # aggregate counts, created by the first count()
         self.count_meta: dict = {}
-        self.wake = threading.Event()
-        #: Held while records taken from the buffer are being written: exit waits for it.
-        self.persist_lock = threading.Lock()
-        self._worker = None  # the Worker, built by its own thread (its imports stay off the host's)
-        self._thread: threading.Thread | None = None
-        self._worker_ready = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
+        self._forget_worker()
         self._exit_hooked = False
         self._closed = False
         if hasattr(os, "register_at_fork"):
@@ -114,7 +108,7 @@ class Agent:
 
         Cheap and non-blocking: the record is built here and handed to the worker.
         """
-        if threading.get_ident() in OWN_THREADS:
+        if _thread.get_ident() in OWN_THREADS:
             self.counters.add("dropped.recursion")
             return None
         record = self._build(activity, user_id, user_id_type, meta, event_at)
@@ -131,7 +125,7 @@ class Agent:
         process sends for ``activity``: use it for properties that do not change per call.
         :return: True when counted.
         """
-        if threading.get_ident() in OWN_THREADS:
+        if _thread.get_ident() in OWN_THREADS:
             self.counters.add("dropped.recursion")
             return False
         config = self.config
@@ -177,7 +171,7 @@ class Agent:
     @_guarded
     def call_home(self, meta: dict | None = None) -> str | None:
         """Queue a ``CALL_HOME`` event (the key is ``call_home_activity``) now."""
-        if threading.get_ident() in OWN_THREADS:
+        if _thread.get_ident() in OWN_THREADS:
             self.counters.add("dropped.recursion")
             return None
         return self.queue_call_home(meta)
@@ -250,6 +244,8 @@ class Agent:
 
     # -- delivery --------------------------------------------------------------------------------
     def _ensure_worker(self) -> None:
+        import threading
+
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run_worker, name="callhome-worker", daemon=True)
@@ -259,6 +255,8 @@ class Agent:
                     self._exit_hooked = True
 
     def _run_worker(self) -> None:
+        import threading
+
         from .worker import Worker  # the agent's only heavy imports, made on the worker's thread
 
         self._worker = Worker(self, threading.current_thread())
@@ -315,11 +313,14 @@ class Agent:
         self.buffer = Buffer(self.buffer.maxlen)
         self.counter = None  # the parent merges its own counts
         self.counters = Counters()
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._forget_worker()
 
     def _forget_worker(self) -> None:
+        import threading
+
         self.wake = threading.Event()
+        #: Held while records taken from the buffer are being written: exit waits for it.
         self.persist_lock = threading.Lock()
         self._worker, self._thread = None, None
         self._worker_ready = threading.Event()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from collections import deque
+import _thread
+
+try:  # the C type itself: ``collections`` costs a host a few milliseconds to import
+    from _collections import deque
+except ImportError:  # another Python implementation
+    from collections import deque
 
 __all__ = ["OWN_THREADS", "Buffer", "Counters"]
 
@@ -46,7 +50,7 @@ class Counters:
     """Named event counts (accepted, delivered, dropped by reason, ...), safe across threads."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._counts: dict = {}
 
     def add(self, name: str, n: int = 1) -> None:

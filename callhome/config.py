@@ -9,7 +9,6 @@ must never be able to crash the host); bad arguments raise ``ValueError`` only u
 from __future__ import annotations
 
 import os
-import re
 
 __all__ = ["DEFAULT_ENDPOINT", "ENV", "Config", "env_flag", "resolve"]
 
@@ -205,10 +204,20 @@ def env_flag(raw: str | None) -> bool:
 
 
 def _endpoint(endpoint: str) -> object:
-    """``https://host[:port]``, or ``http://`` to loopback only (the collector in development)."""
-    match = re.match(r"^(https?)://(\[[^\]]+\]|[^/:]+)(:\d+)?/?$", endpoint.strip())
-    if match and (match.group(1) == "https" or match.group(2).lower() in _LOOPBACK_HOSTS):
-        return endpoint.strip().rstrip("/")
+    """``https://host[:port]``, or ``http://`` to loopback only (the collector in development).
+
+    Parsed by hand: ``re`` would be the costliest import of ``init()``.
+    """
+    scheme, sep, rest = endpoint.strip().partition("://")
+    rest = rest[:-1] if rest.endswith("/") else rest
+    if not sep or scheme not in ("http", "https") or not rest or "/" in rest or "@" in rest:
+        return _BAD
+    host, port = (rest[:rest.index("]") + 1], rest[rest.index("]") + 1:]) if rest.startswith("[") \
+        else (rest.partition(":")[0], rest[len(rest.partition(":")[0]):])
+    if not host or (port and not (port.startswith(":") and port[1:].isdigit())):
+        return _BAD
+    if scheme == "https" or host.lower() in _LOOPBACK_HOSTS:
+        return f"{scheme}://{rest}"
     return _BAD
 
 

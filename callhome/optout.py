@@ -8,7 +8,6 @@ order can turn telemetry back on; there is no force-enable variable.
 from __future__ import annotations
 
 import os
-import re
 
 from .config import Config, env_flag
 
@@ -42,7 +41,9 @@ class Decision:
 def product_variable(config: Config) -> str:
     """``<PRODUCT>_TELEMETRY_DISABLED``: ``product_id`` upper-cased, other characters as ``_``."""
     prefix = config.env_prefix or config.product_id
-    return re.sub(r"[^A-Z0-9]+", "_", prefix.upper()).strip("_") + "_TELEMETRY_DISABLED"
+    # no ``re``: this runs on the host's thread at init(), where every import counts
+    words = "".join(c if c.isascii() and c.isalnum() else " " for c in prefix.upper()).split()
+    return "_".join(words) + "_TELEMETRY_DISABLED"
 
 
 def detect_ci(environ: os._Environ | dict) -> bool:

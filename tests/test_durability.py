@@ -19,6 +19,7 @@ import time
 import zlib
 
 import pytest
+from callhome.delivery import RENEW_EVERY
 from conftest import API_KEY, PRODUCT, ROOT, host_options, listing, queue_dir, run_host, start_host, wait_until
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -186,7 +187,8 @@ def test_kill_9_mid_run_loses_nothing_that_reached_the_disk(collector, state_dir
     numbers = [e["payload"]["meta"]["i"] for e in collector.store.events(limit=100000)]
     assert len(set(numbers)) == len(numbers) and all(0 <= i < 10000 for i in numbers)
     assert len(set(delivered) - tracked) <= 100, "the collector got events the host never tracked"
-    assert duplicates <= 3, f"{duplicates} duplicates after one crash"
+    # a claim records its progress every RENEW_EVERY records, and two connections may be sending
+    assert duplicates <= 2 * RENEW_EVERY, f"{duplicates} duplicates after one crash"
     assert codes[-1] == 0
     for sub in ("ready", "inflight", "corrupt"):
         assert listing(state_dir, sub) == [], f"left in {sub}/: {listing(state_dir, sub)[:5]}"
