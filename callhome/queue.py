@@ -56,9 +56,12 @@ class Claim(NamedTuple):
     mode: str
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(..., separators) builds one per call
+
+
 def frame(record: dict) -> bytes:
     """One record as a line: CRC32 of the JSON, a space, the JSON (``ensure_ascii`` keeps one line)."""
-    data = json.dumps(record, separators=(",", ":")).encode()
+    data = _ENCODER.encode(record).encode()
     return b"%08x %s\n" % (zlib.crc32(data), data)
 
 

@@ -93,25 +93,61 @@ class HttpTransport:
         # scratch costs a quarter of a loopback round trip.
         self._templates = {kind: self.session.prepare_request(requests.Request(
             "POST", endpoint + path, headers=headers, data=b"{}")) for kind, path in _PATHS.items()}
+        self._pools: dict = {}
 
     def url(self, kind: str) -> str:
         return self.endpoint + _PATHS[kind]
 
     def send(self, kind: str, payload: dict) -> SendResult:
         """POST one record; never raises."""
+        body = _ENCODER.encode({"payload": payload}).encode()
+        event_id = str(payload.get("event_id", ""))
+        pool = self._direct_pool(kind)
+        if pool is not None:
+            return self._send_direct(pool, kind, body, event_id)
         request = self._templates[kind].copy()
-        request.prepare_body(json.dumps({"payload": payload}, separators=(",", ":")).encode(), None)
-        request.headers["Idempotency-Key"] = str(payload.get("event_id", ""))
+        request.prepare_body(body, None)
+        request.headers["Idempotency-Key"] = event_id
         try:
             response = self.session.send(request, timeout=self.timeout, allow_redirects=False,
                                          proxies=self.session.proxies, verify=self.session.verify)
         except self._requests.RequestException as exc:
             return SendResult(RETRY, None, None, _describe(exc))
+        return classify(response.status_code, _json(response.content), response.headers.get("Retry-After"))
+
+    def _direct_pool(self, kind: str):
+        """The session's own keep-alive connection pool for this endpoint, when no proxy applies.
+
+        Posting through the pool skips the ``Session``/``Response`` machinery that a
+        one-record request does not use (cookies, hooks, redirects), about 40 % of the
+        client's work per request on loopback. Through a proxy, the session does it all.
+        """
+        if self.session.proxies:
+            return None
+        if kind not in self._pools:
+            template = self._templates[kind]
+            adapter = self.session.get_adapter(template.url)
+            if hasattr(adapter, "get_connection_with_tls_context"):  # requests >= 2.32.2
+                pool = adapter.get_connection_with_tls_context(template, self.session.verify)
+            else:
+                pool = adapter.get_connection(template.url)
+                adapter.cert_verify(pool, template.url, self.session.verify, None)
+            self._pools[kind] = pool
+        return self._pools[kind]
+
+    def _send_direct(self, pool, kind: str, body: bytes, event_id: str) -> SendResult:
+        import urllib3
+
+        headers = dict(self._templates[kind].headers, **{"Idempotency-Key": event_id,
+                                                         "Content-Length": str(len(body))})
         try:
-            body = response.json()
-        except ValueError:
-            body = None
-        return classify(response.status_code, body, response.headers.get("Retry-After"))
+            response = pool.urlopen("POST", self._templates[kind].path_url, body=body, headers=headers,
+                                    retries=False, redirect=False, assert_same_host=False,
+                                    timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]),
+                                    preload_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return SendResult(RETRY, None, None, _describe(exc))
+        return classify(response.status, _json(response.data), response.headers.get("Retry-After"))
 
     def close(self) -> None:
         self.session.close()
@@ -129,6 +165,16 @@ def _session(requests, endpoint: str):
     session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     session.trust_env = False
     return session
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps(..., separators) builds one per call
+
+
+def _json(data: bytes) -> object:
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
 
 
 def _describe(exc: BaseException) -> str:
