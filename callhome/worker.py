@@ -418,10 +418,11 @@ class Worker:
         config = self.agent.config
         self._refresh_depth()
         events, size = self.depth
-        if events + len(lines) > config.max_queue_events or size > config.max_queue_bytes:
-            self._prune()
+        incoming = sum(map(len, lines))
+        if events + len(lines) > config.max_queue_events or size + incoming > config.max_queue_bytes:
+            self._prune(len(lines), incoming)  # the oldest make room: recent usage is worth more
             if self.depth[0] + len(lines) > config.max_queue_events:
-                self.agent.counters.add("dropped.queue_full", len(lines))
+                self.agent.counters.add("dropped.queue_full", len(lines))  # larger than the whole cap
                 return
         try:
             written = self.queue.put(lines, time.time())
@@ -435,10 +436,11 @@ class Worker:
             self.depth = self.queue.depth()
             self._depth_at = time.monotonic()
 
-    def _prune(self) -> None:
+    def _prune(self, room_events: int = 0, room_bytes: int = 0) -> None:
+        """Drop expired batches, then the oldest until ``room_*`` more fit under the caps."""
         config = self.agent.config
-        dropped = self.queue.prune(time.time(), config.max_queue_events, config.max_queue_bytes,
-                                   config.max_age)
+        dropped = self.queue.prune(time.time(), config.max_queue_events - room_events,
+                                   config.max_queue_bytes - room_bytes, config.max_age)
         for reason, count in dropped.items():
             self.agent.counters.add("dropped." + reason, count)
         self._refresh_depth(force=True)

@@ -585,3 +585,15 @@ def test_offline_fleet_is_held_back_by_the_shared_backoff(collector, state_dir):
     assert sorted(on_disk) == sorted(tracked), "an event of an offline host is not on disk"
     with open(os.path.join(queue_dir(state_dir), "state", "backoff.json")) as f:
         assert json.load(f)["failures"] == attempts
+
+
+def test_a_full_queue_drops_its_oldest_records(make_agent, collector, state_dir):
+    collector.app.fail_all(503)
+    agent = make_agent(max_queue_events=10)
+    ids = []
+    for i in range(25):
+        ids.append(agent.track("secondary1", meta={"i": i}))
+        agent.flush(0.5)  # one batch per event: the cap is met batch by batch
+    assert agent.status()["dropped"].get("queue_full") == 15
+    kept = set(ids_on_disk(state_dir))
+    assert kept == set(ids[-10:]), "the newest records must be the ones kept"
