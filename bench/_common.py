@@ -120,6 +120,17 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate ``proc``, and kill it if it does not exit within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Collector:
     """callhome's own collector in a separate process: ``python -m callhome collector``.
 
@@ -170,13 +181,7 @@ class Collector:
         return int(self.stats().get("events", 0))
 
     def _stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def close(self) -> None:
         self._stop()
@@ -221,13 +226,7 @@ class Sink:
         return int(self.stats().get("events", 0))
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.tmp.cleanup()
 
     def __enter__(self) -> Sink:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 
 import pytest
 
@@ -115,3 +116,11 @@ def shared_state(state_dir: str, name: str) -> dict | None:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+def is_uuid4(value) -> bool:
+    try:
+        parsed = uuid.UUID(value)
+    except (TypeError, ValueError):
+        return False
+    return parsed.version == 4 and str(parsed) == value

@@ -50,6 +50,19 @@ def ids_in_file(path: str) -> list:
     return ids
 
 
+def kill_9_when(host, ready, why: str, timeout: float = 60) -> None:
+    """SIGKILL ``host`` once ``ready()`` holds (while it still runs); never leave it running."""
+    try:
+        assert wait_until(ready, timeout=timeout), why
+        assert host.poll() is None, host.communicate()
+        host.send_signal(signal.SIGKILL)
+        host.wait(timeout=10)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+
+
 def ids_on_disk(state_dir: str, subs=("ready", "inflight")) -> list:
     found = []
     for sub in subs:
@@ -143,15 +156,7 @@ def test_kill_9_mid_run_loses_nothing_that_reached_the_disk(collector, state_dir
             out.write("DONE\\n")
         time.sleep(600)
     """)
-    try:
-        assert wait_until(lambda: collector.store.count() >= 300 or host.poll() is not None, timeout=60)
-        assert host.poll() is None, host.communicate()
-        host.send_signal(signal.SIGKILL)
-        host.wait(timeout=10)
-    finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait()
+    kill_9_when(host, lambda: collector.store.count() >= 300 or host.poll() is not None, "never delivered")
     assert host.returncode == -signal.SIGKILL
     stdout, stderr = host.communicate()
     assert stdout == "" and stderr == ""
@@ -517,15 +522,9 @@ def test_killed_sender_claims_are_recovered_at_once(collector, state_dir):
         print(callhome.track("secondary1"), flush=True)
         time.sleep(600)
     """)
-    try:
-        event_id = host.stdout.readline().strip()
-        assert wait_until(lambda: listing(state_dir, "inflight"), timeout=30), "the host never claimed"
-        host.send_signal(signal.SIGKILL)
-        host.wait(timeout=10)
-    finally:
-        if host.poll() is None:
-            host.kill()
-        host.communicate()
+    event_id = host.stdout.readline().strip()
+    kill_9_when(host, lambda: listing(state_dir, "inflight"), "the host never claimed")
+    host.communicate()
     collector.app.fail_all(None)
     result = run_host(f"""
         import callhome

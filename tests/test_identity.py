@@ -7,20 +7,11 @@ import os
 import socket
 import stat
 import time
-import uuid
 
 import pytest
-from conftest import start_host
+from conftest import is_uuid4, start_host
 
 from callhome import identity
-
-
-def is_uuid4(value) -> bool:
-    try:
-        parsed = uuid.UUID(value)
-    except (TypeError, ValueError):
-        return False
-    return parsed.version == 4 and str(parsed) == value
 
 
 def test_created_once_as_a_private_uuid4(tmp_path):

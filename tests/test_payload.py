@@ -10,10 +10,9 @@ import os
 import re
 import socket
 import time
-import uuid
 
 import pytest
-from conftest import API_KEY, PRODUCT, host_options, run_host
+from conftest import API_KEY, PRODUCT, host_options, is_uuid4, run_host
 
 import callhome
 from callhome import Agent
@@ -23,14 +22,6 @@ from callhome.schema import validate
 
 UTC = dt.timezone.utc
 T = 1_763_856_000  # 2025-11-23T00:00:00Z: in range whenever these tests run
-
-
-def is_uuid4(value) -> bool:
-    try:
-        parsed = uuid.UUID(value)
-    except (TypeError, ValueError):
-        return False
-    return parsed.version == 4 and str(parsed) == value
 
 
 def no_empty_strings(value) -> bool:
