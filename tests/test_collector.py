@@ -534,3 +534,10 @@ def test_command_line_serves_until_sigterm(tmp_path):
         process.kill()
         process.stderr.close()
     assert Store(db).count() == 1
+
+
+def test_lone_surrogates_are_refused_not_a_server_error(server):
+    body = '{"payload": {"activity_type": "build \\ud800"}}'
+    reply = requests.post(server.url + "/api/product/usage", data=body.encode(),
+                          headers={"Content-Type": "application/json", "X-API-KEY": KEYS[0]})
+    assert reply.status_code == 400 and "Unicode" in reply.json()["response"]

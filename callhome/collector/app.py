@@ -171,6 +171,10 @@ class CollectorApp(FaultInjection):
             return None, _failure(400, f"Malformed JSON body: {exc}")
         if not isinstance(document, dict) or "payload" not in document:
             return None, _failure(400, 'Body must be a JSON object {"payload": {...}}')
+        try:  # "\ud800" escapes parse into strings no UTF-8 store can hold
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, _failure(400, "Strings must be valid Unicode (a lone surrogate was sent)")
         return self._normalise(document["payload"], environ.get("REMOTE_ADDR")), None
 
     def _normalise(self, payload: Any, peer: str | None) -> Any:
