@@ -52,6 +52,18 @@ def peer_available(sdk: str) -> tuple[bool, str]:
 
 
 # -- child processes --------------------------------------------------------------------------
+def available_peers(say=print) -> list:
+    """The peer SDKs installed here (``posthog``, ``segment``), saying why any other is skipped."""
+    peers = []
+    for sdk in ("posthog", "segment"):
+        ok, why = peer_available(sdk)
+        if ok:
+            peers.append(sdk)
+        else:
+            say(f"  {sdk}: skipped: {why}")
+    return peers
+
+
 def child_env(**extra: str) -> dict:
     """The environment of every child: the checkout importable, bytecode cached, no opt-outs."""
     env = {k: v for k, v in os.environ.items() if not _OPTOUT.match(k)}

@@ -74,13 +74,7 @@ def collector_events(collector: c.Collector) -> list:
 def run(runs: int = 15, clean: bool = True, quiet: bool = False) -> dict:
     say = (lambda *a: None) if quiet else print
     env = c.child_env()
-    peers = []
-    for sdk in ("posthog", "segment"):
-        ok, why = c.peer_available(sdk)
-        if ok:
-            peers.append(sdk)
-        else:
-            say(f"  {sdk}: skipped: {why}")
+    peers = c.available_peers(say)
     result: dict = {"runs": runs, "peers": peers}
     with c.Collector() as collector, tempfile.TemporaryDirectory(prefix="callhome-bench-cli-") as state:
         sink = c.Sink() if peers else None

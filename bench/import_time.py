@@ -82,13 +82,7 @@ def measure(python: str, env: dict, sdks: list, runs: int) -> dict:
 
 def run(runs: int = 9, quiet: bool = False) -> dict:
     say = (lambda *a: None) if quiet else print
-    sdks = ["callhome"]
-    for sdk in ("posthog", "segment"):
-        ok, why = c.peer_available(sdk)
-        if ok:
-            sdks.append(sdk)
-        else:
-            say(f"  {sdk}: skipped: {why}")
+    sdks = ["callhome", *c.available_peers(say)]
     env = c.child_env()
     result: dict = {"runs": runs, "sdks": sdks}
     result["this"] = measure(sys.executable, env, sdks, runs)

@@ -127,13 +127,7 @@ def _median_run(runs: list) -> dict:
 def run(n: int = 20000, repeat: int = 3, sized: bool = True, warm: bool = True, quiet: bool = False) -> dict:
     say = (lambda *a: None) if quiet else print
     result: dict = {"n": n, "repeat": repeat, "peers": {}}
-    sdks = []
-    for sdk in ("posthog", "segment"):
-        ok, why = c.peer_available(sdk)
-        if ok:
-            sdks.append(sdk)
-        else:
-            say(f"  {sdk}: skipped: {why}")
+    sdks = c.available_peers(say)
     runs: dict = {"callhome": [], **{sdk: [] for sdk in sdks}}
     for _ in range(repeat):  # interleaved, so that a noisy moment hits every SDK alike
         runs["callhome"].append(run_callhome(n, sized=False))
