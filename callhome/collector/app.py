@@ -18,10 +18,11 @@ from typing import Any, Callable, Dict, Iterable, Tuple
 from urllib.parse import parse_qs
 
 from callhome import schema
+from callhome.collector import reports
 from callhome.collector.faults import AbortConnection, Fault, FaultInjection
 from callhome.collector.store import KINDS, Store
 
-__all__ = ["AUTH_FAILURE", "DEFAULT_MAX_BODY", "SUCCESS", "CollectorApp", "RequestCounter", "make_app"]
+__all__ = ["AUTH_FAILURE", "DEFAULT_MAX_BODY", "REPORT_PATH", "SUCCESS", "CollectorApp", "RequestCounter", "make_app"]
 
 logger = logging.getLogger("callhome.collector")
 
@@ -30,6 +31,9 @@ AUTH_FAILURE = {"response_code": 400, "response": "Authentication Failure", "sta
 DEFAULT_MAX_BODY = 64 * 1024
 MAX_EVENTS_LIMIT = 10000
 _INGEST = {schema.USAGE_PATH: "usage", schema.AGGREGATE_PATH: "aggregate"}
+#: PowerAuth's telemetry report service; every other path under ``/rest/`` answers in its envelope.
+REPORT_PATH = "/rest/v3/telemetry/report"
+_REST_PREFIX = "/rest/"
 
 #: (HTTP status, JSON-serialisable body, extra headers)
 Reply = Tuple[int, Any, Dict[str, str]]
@@ -73,22 +77,27 @@ class CollectorApp(FaultInjection):
     """
 
     def __init__(self, store: Store, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
-                 strict: bool = True, fill_ip_addr: bool = False) -> None:
+                 strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = ()) -> None:
         if max_body < 1:
             raise ValueError("max_body must be positive")
         super().__init__()
         self.store = store
         self.api_keys = tuple(api_keys)
-        self._keys = tuple(key.encode("utf-8") for key in self.api_keys if key)
+        self._keys = _encoded(self.api_keys)
+        self._report_keys = _encoded(report_keys)
+        if set(self._keys) & set(self._report_keys):
+            # Ingest keys ship inside products; one that also read reports would leak the usage data.
+            raise ValueError("a report key must not also be an ingest (api) key")
         self.max_body = max_body
         self.strict = strict
         self.fill_ip_addr = fill_ip_addr
         self._views = {"/events": self._events_view, "/stats": self._stats_view,
                        "/healthz": self._health_view}
-        self.requests = RequestCounter(list(_INGEST) + list(self._views))
+        self.requests = RequestCounter([*_INGEST, *self._views, REPORT_PATH])
 
     def __repr__(self) -> str:
-        return (f"<CollectorApp store={self.store!r} keys={len(self._keys)} strict={self.strict} "
+        return (f"<CollectorApp store={self.store!r} keys={len(self._keys)} "
+                f"report_keys={len(self._report_keys)} strict={self.strict} "
                 f"fill_ip_addr={self.fill_ip_addr}>")
 
     @property
@@ -126,6 +135,8 @@ class CollectorApp(FaultInjection):
         method = environ.get("REQUEST_METHOD", "GET")
         if path in _INGEST:
             return self._ingest(environ, _INGEST[path]) if method == "POST" else _not_allowed("POST")
+        if path == REPORT_PATH or path.startswith(_REST_PREFIX):
+            return self._report(environ, path, method)
         view = self._views.get(path)
         if view is None:
             return _failure(404, f"No such endpoint: {path}")
@@ -151,12 +162,27 @@ class CollectorApp(FaultInjection):
     def _authorized(self, environ: dict[str, Any]) -> bool:
         if not self._keys:
             return True
-        # WSGI hands header values over as latin-1 decoded strings: this recovers the raw bytes.
-        given = environ.get("HTTP_X_API_KEY", "").encode("latin-1", "replace")
-        matched = False
-        for key in self._keys:  # no early exit: the time taken does not depend on which key matched
-            matched |= hmac.compare_digest(given, key)
-        return matched
+        return _matches(environ.get("HTTP_X_API_KEY", ""), self._keys)
+
+    # -- PowerAuth-compatible reports -------------------------------------------------------
+
+    def _report(self, environ: dict[str, Any], path: str, method: str) -> Reply:
+        if path != REPORT_PATH:
+            return _rest_error(404, "ERROR_NOT_FOUND", f"No such endpoint: {path}")
+        if method != "POST":
+            status, body, _ = _rest_error(405, "ERROR_HTTP_REQUEST", "Method Not Allowed")
+            return status, body, {"Allow": "POST"}
+        # No report key configured means nobody may read: usage data is never open by default.
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+        if not (self._report_keys and scheme.lower() == "bearer"
+                and _matches(token.strip(), self._report_keys)):
+            return _rest_error(401, "ERROR_UNAUTHORIZED", "Authentication failed: a report key is required "
+                                                          "(Authorization: Bearer KEY)")
+        body = _read_body(environ, self.max_body)
+        if body is None:
+            return _rest_error(413, "ERROR_HTTP_REQUEST", f"Body larger than {self.max_body} bytes")
+        status, envelope = reports.handle(body, reports.store_source(self.store))
+        return status, envelope, {}
 
     def _read_payload(self, environ: dict[str, Any]) -> tuple[Any, Reply | None]:
         media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
@@ -214,7 +240,7 @@ class CollectorApp(FaultInjection):
 
 
 def make_app(store: Store | str, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
-             strict: bool = True, fill_ip_addr: bool = False) -> CollectorApp:
+             strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = ()) -> CollectorApp:
     """The collector as a WSGI application; ``store`` is a :class:`Store` or a database path.
 
     :param api_keys: accepted ``X-API-KEY`` values; empty accepts any request.
@@ -223,9 +249,29 @@ def make_app(store: Store | str, api_keys: Iterable[str] = (), max_body: int = D
         integer ``event_id``, string ``event_at``, no ``event_id``) by normalising it first.
     :param fill_ip_addr: a record with neither ``ip_addr`` nor ``domain`` gets the connection's
         address as ``ip_addr`` (for agents configured with ``relay=True``).
+    :param report_keys: accepted ``Authorization: Bearer`` keys of ``POST /rest/v3/telemetry/report``;
+        empty refuses every report request (401). Must not overlap ``api_keys``.
     """
     return CollectorApp(Store(store) if isinstance(store, str) else store, api_keys, max_body, strict,
-                        fill_ip_addr)
+                        fill_ip_addr, report_keys)
+
+
+def _encoded(keys: Iterable[str]) -> tuple[bytes, ...]:
+    return tuple(key.encode("utf-8") for key in keys if key)
+
+
+def _matches(given: str, keys: tuple[bytes, ...]) -> bool:
+    """Whether ``given`` is one of ``keys``, in time independent of which one (or how much) matched."""
+    # WSGI hands header values over as latin-1 decoded strings: this recovers the raw bytes.
+    raw = given.encode("latin-1", "replace")
+    matched = False
+    for key in keys:  # no early exit
+        matched |= hmac.compare_digest(raw, key)
+    return matched
+
+
+def _rest_error(status: int, code: str, message: str) -> Reply:
+    return status, reports.error_envelope(code, message), {}
 
 
 def _lenient(payload: Any) -> Any:

@@ -65,7 +65,7 @@ class _HTTPServer(socketserver.ThreadingTCPServer):
 class CollectorServer:
     """The collector on a background daemon thread; a context manager. ``port=0`` picks a free port.
 
-    ``db``, ``api_keys``, ``max_body``, ``strict`` and ``fill_ip_addr`` build the app (see
+    ``db``, ``api_keys``, ``max_body``, ``strict``, ``fill_ip_addr`` and ``report_keys`` build the app (see
     :func:`~callhome.collector.app.make_app`) when ``app`` is not given.
     :meth:`stop` leaves the store open, so what was received can still be read afterwards.
     """
@@ -73,8 +73,9 @@ class CollectorServer:
     def __init__(self, app: CollectorApp | Callable[..., Any] | None = None, host: str = "127.0.0.1",
                  port: int = 0, db: str = ":memory:", api_keys: Sequence[str] = (), *,
                  max_body: int = DEFAULT_MAX_BODY, strict: bool = True, fill_ip_addr: bool = False,
-                 verbose: bool = False) -> None:
-        self.app = app if app is not None else make_app(Store(db), api_keys, max_body, strict, fill_ip_addr)
+                 verbose: bool = False, report_keys: Sequence[str] = ()) -> None:
+        self.app = app if app is not None else make_app(Store(db), api_keys, max_body, strict, fill_ip_addr,
+                                                        report_keys)
         self.store: Store | None = getattr(self.app, "store", None)  # None for a foreign WSGI app
         self._server = _HTTPServer((host, port), self.app, verbose)
         self.host = host
@@ -116,14 +117,14 @@ class CollectorServer:
 
 def serve(host: str = "127.0.0.1", port: int = 8765, db: str = "callhome-events.sqlite3",
           api_keys: Sequence[str] = (), verbose: bool = False, *, max_body: int = DEFAULT_MAX_BODY,
-          strict: bool = True, fill_ip_addr: bool = False) -> None:
+          strict: bool = True, fill_ip_addr: bool = False, report_keys: Sequence[str] = ()) -> None:
     """Run the collector in the foreground until SIGINT or SIGTERM.
 
     Warnings and errors go to stderr; with ``verbose``, one line per request too.
     """
     _log_to_stderr(logging.INFO if verbose else logging.WARNING)
     server = CollectorServer(host=host, port=port, db=db, api_keys=api_keys, max_body=max_body,
-                             strict=strict, fill_ip_addr=fill_ip_addr, verbose=verbose)
+                             strict=strict, fill_ip_addr=fill_ip_addr, verbose=verbose, report_keys=report_keys)
     stop = threading.Event()
     previous = _on_signals(lambda *_: stop.set())
     try:
@@ -161,6 +162,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="SQLite database file, or :memory: (default: %(default)s)")
     parser.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
                         help="accept this X-API-KEY (repeatable); without any, every request is accepted")
+    parser.add_argument("--report-key", dest="report_keys", action="append", default=[], metavar="KEY",
+                        help="accept this Authorization: Bearer key on POST /rest/v3/telemetry/report "
+                             "(repeatable); without any, reports answer 401 to everyone")
     parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES",
                         help="refuse larger request bodies with 413 (default: %(default)s)")
     parser.add_argument("--lenient", action="store_true",
@@ -176,10 +180,14 @@ def run(args: argparse.Namespace) -> int:
     """Run the collector with parsed ``args``; the exit status."""
     try:
         serve(host=args.host, port=args.port, db=args.db, api_keys=args.api_keys, verbose=args.verbose,
-              max_body=args.max_body, strict=not args.lenient, fill_ip_addr=args.fill_ip_addr)
+              max_body=args.max_body, strict=not args.lenient, fill_ip_addr=args.fill_ip_addr,
+              report_keys=args.report_keys)
     except OSError as exc:
         print(f"callhome collector: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # e.g. a key given both as --api-key and --report-key
+        print(f"callhome collector: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (kind, event_id)
 );
 CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
+CREATE INDEX IF NOT EXISTS events_product_event_at ON events (product_id, event_at);
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -121,6 +122,18 @@ class Store:
         with self._lock:
             rows = self._db.execute(query, params + [int(limit)]).fetchall()
         return [_as_dict(row) for row in rows]
+
+    def identities(self, product_id: str, since: float, until: float,
+                   kind: str | None = None) -> list[tuple[Any, Any]]:
+        """Distinct ``(user_id, meta.installation_id)`` pairs of the product's records with
+        ``since <= event_at <= until`` (usage time, not arrival time): what the reports count."""
+        where, params = _filters(kind=kind, product_id=product_id)
+        query = ("SELECT DISTINCT json_extract(payload, '$.user_id'), "
+                 "json_extract(payload, '$.meta.installation_id') FROM events"
+                 f"{where} AND event_at BETWEEN ? AND ?")
+        with self._lock:
+            rows = self._db.execute(query, params + [since, until]).fetchall()
+        return [(user, install) for user, install in rows]
 
     def stats(self) -> dict[str, int]:
         """Counters plus the number of stored records: ``events``, ``usage``, ``aggregate``, ..."""
