@@ -18,8 +18,9 @@ from typing import Any, Callable, Dict, Iterable, Tuple
 from urllib.parse import parse_qs
 
 from callhome import schema
-from callhome.collector import reports
+from callhome.collector import dashboard, reports
 from callhome.collector.faults import AbortConnection, Fault, FaultInjection
+from callhome.collector.relay import Relay, client_address, default_dir, public_address
 from callhome.collector.store import KINDS, Store
 
 __all__ = ["AUTH_FAILURE", "DEFAULT_MAX_BODY", "REPORT_PATH", "SUCCESS", "CollectorApp", "RequestCounter", "make_app"]
@@ -77,7 +78,8 @@ class CollectorApp(FaultInjection):
     """
 
     def __init__(self, store: Store, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
-                 strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = ()) -> None:
+                 strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = (), *,
+                 relay: Relay | None = None, trust_proxy: int = 0) -> None:
         if max_body < 1:
             raise ValueError("max_body must be positive")
         super().__init__()
@@ -91,8 +93,12 @@ class CollectorApp(FaultInjection):
         self.max_body = max_body
         self.strict = strict
         self.fill_ip_addr = fill_ip_addr
+        #: a :class:`~callhome.collector.relay.Relay` forwarding new records upstream, or None
+        self.relay = relay
+        self.trust_proxy = max(int(trust_proxy), 0)
         self._views = {"/events": self._events_view, "/stats": self._stats_view,
-                       "/healthz": self._health_view}
+                       "/healthz": self._health_view, "/": self._dashboard_view,
+                       "/dashboard": self._dashboard_view}
         self.requests = RequestCounter([*_INGEST, *self._views, REPORT_PATH])
 
     def __repr__(self) -> str:
@@ -126,9 +132,10 @@ class CollectorApp(FaultInjection):
         path = environ.get("PATH_INFO") or "/"
         self.requests.add(path)
         status, body, headers = self._route(environ, path)
-        data = json.dumps(body).encode("utf-8")
-        start_response(_status_line(status), [("Content-Type", "application/json"),
-                                              ("Content-Length", str(len(data))), *headers.items()])
+        # bytes are a ready page (the dashboard, with its own Content-Type); anything else is JSON.
+        data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+        headers = {"Content-Type": "application/json", **headers}
+        start_response(_status_line(status), [("Content-Length", str(len(data))), *headers.items()])
         return [data]
 
     def _route(self, environ: dict[str, Any], path: str) -> Reply:
@@ -156,7 +163,8 @@ class CollectorApp(FaultInjection):
         if problem or errors:
             self.store.bump("rejected")
             return problem or _invalid(errors)
-        self.store.add(kind, payload, peer=environ.get("REMOTE_ADDR"))
+        if self.store.add(kind, payload, peer=environ.get("REMOTE_ADDR")) and self.relay is not None:
+            self.relay.submit(kind, payload)  # only new records: a duplicate was forwarded the first time
         return 200, SUCCESS, {}
 
     def _authorized(self, environ: dict[str, Any]) -> bool:
@@ -201,7 +209,12 @@ class CollectorApp(FaultInjection):
             json.dumps(document, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             return None, _failure(400, "Strings must be valid Unicode (a lone surrogate was sent)")
-        return self._normalise(document["payload"], environ.get("REMOTE_ADDR")), None
+        return self._normalise(document["payload"], self._client_address(environ)), None
+
+    def _client_address(self, environ: dict[str, Any]) -> str | None:
+        address = client_address(environ, self.trust_proxy)
+        # Upstream, Reo maps ip_addr to a company: a private or loopback address would mislead it.
+        return public_address(address) if self.relay is not None else address
 
     def _normalise(self, payload: Any, peer: str | None) -> Any:
         if not self.strict:
@@ -233,14 +246,25 @@ class CollectorApp(FaultInjection):
     def _stats_view(self, environ: dict[str, Any]) -> Reply:
         if not self._authorized(environ):
             return _failure(401, "Authentication Failure")
-        return 200, {**self.store.stats(), "paths": self.requests.as_dict()}, {}
+        relay = {"relay": self.relay.status()} if self.relay is not None else {}
+        return 200, {**self.store.stats(), "paths": self.requests.as_dict(), **relay}, {}
 
     def _health_view(self, environ: dict[str, Any]) -> Reply:
         return 200, {"status": "ok"}, {}
 
+    def _dashboard_view(self, environ: dict[str, Any]) -> Reply:
+        # A read view like the reports: their key when one is configured, else the ingest key as
+        # for /events; also as ?key=, which is all a browser's address bar can send.
+        keys = self._report_keys or self._keys
+        if keys and not _matches(dashboard.request_key(environ), keys):
+            return 401, dashboard.unauthorized_page(), dict(dashboard.HEADERS)
+        return 200, dashboard.render_page(self.store, time.time()), dict(dashboard.HEADERS)
+
 
 def make_app(store: Store | str, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
-             strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = ()) -> CollectorApp:
+             strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = (), *,
+             relay_to: str | None = None, upstream_key: str | None = None, relay_dir: str | None = None,
+             trust_proxy: int = 0) -> CollectorApp:
     """The collector as a WSGI application; ``store`` is a :class:`Store` or a database path.
 
     :param api_keys: accepted ``X-API-KEY`` values; empty accepts any request.
@@ -251,9 +275,26 @@ def make_app(store: Store | str, api_keys: Iterable[str] = (), max_body: int = D
         address as ``ip_addr`` (for agents configured with ``relay=True``).
     :param report_keys: accepted ``Authorization: Bearer`` keys of ``POST /rest/v3/telemetry/report``;
         empty refuses every report request (401). Must not overlap ``api_keys``.
+    :param relay_to: also forward each new record to this upstream (see :mod:`callhome.collector.relay`),
+        with ``upstream_key``, through a queue in ``relay_dir`` (default: ``<database>.relay``).
+    :param trust_proxy: how many proxies in front of the collector append to ``X-Forwarded-For``;
+        the client address (``fill_ip_addr``) is then read from there instead of the TCP peer.
     """
-    return CollectorApp(Store(store) if isinstance(store, str) else store, api_keys, max_body, strict,
-                        fill_ip_addr, report_keys)
+    store = Store(store) if isinstance(store, str) else store
+    app = CollectorApp(store, api_keys, max_body, strict, fill_ip_addr, report_keys, trust_proxy=trust_proxy)
+    if relay_to:  # last: the relay starts a thread, which nothing would stop if the app were refused
+        app.relay = _relay(store, app.api_keys, relay_to, upstream_key, relay_dir)
+    return app
+
+
+def _relay(store: Store, api_keys: Iterable[str], relay_to: str, upstream_key: str | None,
+           relay_dir: str | None) -> Relay:
+    if not upstream_key:
+        raise ValueError("a relay needs the upstream key (--upstream-key-file)")
+    if upstream_key in set(api_keys):
+        # Agent-facing keys ship inside products; the upstream key must not leak with them.
+        raise ValueError("the upstream key must not also be an agent-facing (api) key")
+    return Relay(relay_to, upstream_key, relay_dir or default_dir(store.path))
 
 
 def _encoded(keys: Iterable[str]) -> tuple[bytes, ...]:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from callhome.collector._gateway import WSGIRequestHandler
 from callhome.collector.app import DEFAULT_MAX_BODY, CollectorApp, make_app
+from callhome.collector.relay import read_key_file
 from callhome.collector.store import Store
 
 __all__ = ["CollectorServer", "add_arguments", "main", "run", "serve"]
@@ -65,19 +66,27 @@ class _HTTPServer(socketserver.ThreadingTCPServer):
 class CollectorServer:
     """The collector on a background daemon thread; a context manager. ``port=0`` picks a free port.
 
-    ``db``, ``api_keys``, ``max_body``, ``strict``, ``fill_ip_addr`` and ``report_keys`` build the app (see
+    ``db``, ``api_keys``, ``max_body``, ``strict``, ``fill_ip_addr``, ``report_keys`` and the relay's
+    ``relay_to``, ``upstream_key``, ``relay_dir`` and ``trust_proxy`` build the app (see
     :func:`~callhome.collector.app.make_app`) when ``app`` is not given.
-    :meth:`stop` leaves the store open, so what was received can still be read afterwards.
+    :meth:`stop` leaves the store open, so what was received can still be read afterwards; it stops
+    the relay's thread, leaving what it did not deliver in its queue.
     """
 
     def __init__(self, app: CollectorApp | Callable[..., Any] | None = None, host: str = "127.0.0.1",
                  port: int = 0, db: str = ":memory:", api_keys: Sequence[str] = (), *,
                  max_body: int = DEFAULT_MAX_BODY, strict: bool = True, fill_ip_addr: bool = False,
-                 verbose: bool = False, report_keys: Sequence[str] = ()) -> None:
-        self.app = app if app is not None else make_app(Store(db), api_keys, max_body, strict, fill_ip_addr,
-                                                        report_keys)
+                 verbose: bool = False, report_keys: Sequence[str] = (), relay_to: str | None = None,
+                 upstream_key: str | None = None, relay_dir: str | None = None, trust_proxy: int = 0) -> None:
+        self.app = app if app is not None else make_app(
+            Store(db), api_keys, max_body, strict, fill_ip_addr, report_keys, relay_to=relay_to,
+            upstream_key=upstream_key, relay_dir=relay_dir, trust_proxy=trust_proxy)
         self.store: Store | None = getattr(self.app, "store", None)  # None for a foreign WSGI app
-        self._server = _HTTPServer((host, port), self.app, verbose)
+        try:
+            self._server = _HTTPServer((host, port), self.app, verbose)
+        except OSError:
+            _close_relay(self.app)  # its thread would outlive a server that never started
+            raise
         self.host = host
         self.port: int = self._server.server_address[1]
         self._stopped = False
@@ -113,22 +122,35 @@ class CollectorServer:
         self._server.server_close()
         self._server.close_connections()
         self._thread.join(timeout=5)
+        _close_relay(self.app)
+
+
+def _close_relay(app: Any) -> None:
+    relay = getattr(app, "relay", None)
+    if relay is not None:
+        relay.close()
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, db: str = "callhome-events.sqlite3",
           api_keys: Sequence[str] = (), verbose: bool = False, *, max_body: int = DEFAULT_MAX_BODY,
-          strict: bool = True, fill_ip_addr: bool = False, report_keys: Sequence[str] = ()) -> None:
+          strict: bool = True, fill_ip_addr: bool = False, report_keys: Sequence[str] = (),
+          relay_to: str | None = None, upstream_key: str | None = None, relay_dir: str | None = None,
+          trust_proxy: int = 0) -> None:
     """Run the collector in the foreground until SIGINT or SIGTERM.
 
     Warnings and errors go to stderr; with ``verbose``, one line per request too.
     """
     _log_to_stderr(logging.INFO if verbose else logging.WARNING)
     server = CollectorServer(host=host, port=port, db=db, api_keys=api_keys, max_body=max_body,
-                             strict=strict, fill_ip_addr=fill_ip_addr, verbose=verbose, report_keys=report_keys)
+                             strict=strict, fill_ip_addr=fill_ip_addr, verbose=verbose,
+                             report_keys=report_keys, relay_to=relay_to, upstream_key=upstream_key,
+                             relay_dir=relay_dir, trust_proxy=trust_proxy)
     stop = threading.Event()
     previous = _on_signals(lambda *_: stop.set())
     try:
-        print(f"callhome collector listening on {server.url} (db: {db})", file=sys.stderr, flush=True)
+        relaying = f", relaying to {relay_to}" if relay_to else ""  # never the key
+        print(f"callhome collector listening on {server.url} (db: {db}{relaying})", file=sys.stderr,
+              flush=True)
         while not stop.wait(0.5):  # a timeout keeps the wait interruptible everywhere
             pass
     finally:
@@ -172,16 +194,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--fill-ip-addr", action="store_true",
                         help="give records with neither ip_addr nor domain the connection's address "
                              "(for agents with relay=True)")
+    _add_relay_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true", help="log every request to stderr")
     return parser
+
+
+def _add_relay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--relay-to", metavar="URL",
+                        help="also forward each new record to this upstream, e.g. https://ingest.reo.dev "
+                             "(implies --fill-ip-addr)")
+    parser.add_argument("--upstream-key-file", metavar="PATH",
+                        help="file holding the upstream's X-API-KEY (required with --relay-to)")
+    parser.add_argument("--relay-dir", metavar="DIR",
+                        help="the relay's durable queue (default: beside the database, <db>.relay)")
+    parser.add_argument("--trust-proxy", type=int, default=0, metavar="N",
+                        help="N proxies in front append to X-Forwarded-For: take the client address "
+                             "N entries from the right (default: 0, the TCP peer)")
+
+
+def _relay_options(args: argparse.Namespace) -> dict:
+    """The relay's keyword arguments of :func:`serve`; reads the key file. :raises ValueError:"""
+    if args.upstream_key_file and not args.relay_to:
+        raise ValueError("--upstream-key-file needs --relay-to")
+    key = read_key_file(args.upstream_key_file) if args.upstream_key_file else None
+    return {"relay_to": args.relay_to, "upstream_key": key, "relay_dir": args.relay_dir,
+            "trust_proxy": args.trust_proxy}
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the collector with parsed ``args``; the exit status."""
     try:
+        # a relay fills ip_addr: an agent with relay=True counts on it (public addresses only)
         serve(host=args.host, port=args.port, db=args.db, api_keys=args.api_keys, verbose=args.verbose,
-              max_body=args.max_body, strict=not args.lenient, fill_ip_addr=args.fill_ip_addr,
-              report_keys=args.report_keys)
+              max_body=args.max_body, strict=not args.lenient,
+              fill_ip_addr=args.fill_ip_addr or bool(args.relay_to), report_keys=args.report_keys,
+              **_relay_options(args))
     except OSError as exc:
         print(f"callhome collector: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
