@@ -60,10 +60,14 @@ def key_hash(api_key: str | None) -> str:
 class Sender:
     """Delivers the queue of one product; remembers the last answer for ``status()``."""
 
-    def __init__(self, queue, counters: Counters, choices: Callable[[], dict] = dict) -> None:
+    def __init__(self, queue, counters: Counters, choices: Callable[[], dict] = dict,
+                 honour_opt_outs: bool = True) -> None:
         self.queue = queue
         self.counters = counters
         self.choices = choices
+        #: False for a relay: it forwards other people's records, whose opt-outs their own
+        #: agents applied; the relay's environment must not discard them.
+        self.honour_opt_outs = honour_opt_outs
         #: True in the process that just showed the first-run notice: the next run sends.
         self.deferred = False
         #: True while a request is on the wire: exit waits for it, within its budget.
@@ -104,8 +108,8 @@ class Sender:
         return finished and self.queue.depth()[0] == 0
 
     def _blocked(self, config: Config, force: bool, now: float) -> str | None:
-        decision = decide(config, choices=self.choices())
-        if not decision.enabled:
+        decision = decide(config, choices=self.choices()) if self.honour_opt_outs else None
+        if decision is not None and not decision.enabled:
             self.counters.add("dropped.opted_out", self.queue.purge())
             return "disabled: " + str(decision.reason)
         if self.deferred:
@@ -217,6 +221,8 @@ class Sender:
 
     def _allowed(self, config: Config) -> bool:
         """``decide()`` before a request, again only when an opt-out variable or the choices changed."""
+        if not self.honour_opt_outs:
+            return True
         choices = self.choices()
         key = (config, id(choices), tuple(os.environ.get(name) for name in _WATCHED), config.optout_env and
                tuple(os.environ.get(name) for name in config.optout_env))

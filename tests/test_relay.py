@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 import requests
+from conftest import wait_until as wait_for
 
 from callhome import Agent
 from callhome.collector import CollectorServer
@@ -59,15 +60,6 @@ def post(server, payload, forwarded_for=CLIENT, key=AGENT_KEY):
     return requests.post(server.url + USAGE_PATH, json={"payload": payload}, headers=headers, timeout=5)
 
 
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def upstream_payloads(upstream) -> dict:
     return {record["event_id"]: record["payload"] for record in upstream.store.events(limit=1000)}
 
@@ -98,6 +90,15 @@ def test_a_real_agent_behind_the_relay(upstream, make_relay, state_dir):
     [record] = upstream.store.events()
     assert record["event_id"] == relay.store.events()[0]["event_id"]
     assert record["payload"]["ip_addr"] == CLIENT and "domain" not in record["payload"]
+
+
+def test_a_server_opt_out_neither_stops_nor_empties_the_relay(upstream, make_relay, monkeypatch):
+    monkeypatch.setenv("DO_NOT_TRACK", "1")  # the server's own choice; the records are other people's
+    relay = make_relay()
+    payload = usage()
+    assert post(relay, payload).status_code == 200
+    assert wait_for(lambda: upstream.store.count() == 1)
+    assert list(upstream_payloads(upstream)) == [payload["event_id"]]
 
 
 def test_duplicates_are_forwarded_once(upstream, make_relay):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -25,7 +24,7 @@ __all__ = ["PRODUCT_ID", "Relay", "client_address", "default_dir", "public_addre
 
 logger = logging.getLogger("callhome.collector")
 
-#: The relay's own product id: it names the opt-out variable (CALLHOME_RELAY_TELEMETRY_DISABLED).
+#: The relay's own product id (its queue's and sent log's name); opt-outs do not apply to a relay.
 PRODUCT_ID = "callhome-relay"
 #: Seconds between delivery cycles when nothing wakes the relay (backoff still decides what is sent).
 INTERVAL = 1.0
@@ -89,8 +88,7 @@ class Relay:
     cycle per wake-up or per :data:`INTERVAL`. :meth:`close` stops the thread; what was not
     delivered stays on disk and goes out after the next start.
 
-    :raises ValueError: for an unusable endpoint, or when an opt-out variable in this process's
-        environment would make the Sender discard the queue.
+    :raises ValueError: for an unusable endpoint.
     :raises OSError: when the queue directory cannot be created.
     """
 
@@ -104,7 +102,7 @@ class Relay:
         self.interval = interval
         self.queue = DiskQueue(directory).open()
         self.counters = Counters()
-        self.sender = Sender(self.queue, self.counters)
+        self.sender = Sender(self.queue, self.counters, honour_opt_outs=False)
         self._unqueued: collections.deque = collections.deque(maxlen=_MAX_UNQUEUED)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -173,17 +171,11 @@ class Relay:
 def _config(endpoint: str, api_key: str):
     """The agent configuration that makes a Sender a relay's sender."""
     from callhome.config import resolve
-    from callhome.optout import decide
 
-    config = resolve({
+    return resolve({
         "product_id": PRODUCT_ID, "endpoint": endpoint, "api_key": api_key, "strict": True,
         "relay": True,              # records already carry ip_addr/domain: never hold them back
         "send_in_ci": True,         # a server, not an end user's install: CI markers mean nothing
         "call_home_interval": 0,
         "max_attempts": _NEVER_GIVE_UP,  # an upstream outage must lose nothing
     }, environ={})  # a CALLHOME_IP_ADDR or CALLHOME_DOMAIN here would be stamped on every record
-    decision = decide(config, os.environ)
-    if not decision.enabled:
-        # The Sender would purge the queue on its first cycle: refuse to start instead.
-        raise ValueError(f"relay refused to start: {decision.reason}")
-    return config
