@@ -10,7 +10,8 @@ import json
 import os
 import re
 
-__all__ = ["atomic_write", "default_root", "ensure_private_dir", "product_dir", "read_json", "unlink_quietly", "write_json"]
+__all__ = ["atomic_write", "default_root", "ensure_private_dir", "product_dir", "publish_once", "read_json",
+           "unlink_quietly", "write_json"]
 
 
 def default_root() -> str:
@@ -75,6 +76,29 @@ def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
     except BaseException:
         unlink_quietly(tmp)
         raise
+
+
+def publish_once(path: str, data: bytes) -> None:
+    """Create ``path`` (mode 0600) holding ``data``, unless it exists: the first process wins.
+
+    Written to a private temporary file and published with ``link()``, which fails when the
+    name exists, so a reader never sees a half-written file and racers agree on one content.
+
+    :raises OSError: when the file cannot be written (an existing ``path`` is not an error).
+    """
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        unlink_quietly(tmp)
 
 
 def read_json(path: str) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from ._fs import unlink_quietly
+from ._fs import publish_once, unlink_quietly
 from .payload import new_event_id
 
 __all__ = ["ID_FILE", "load_or_create", "read", "reset"]
@@ -19,30 +19,17 @@ _EXPLAIN = ("# callhome installation id for product {product}: a random number, 
 def load_or_create(directory: str, product_id: str) -> str | None:
     """The id stored in ``directory``, creating it atomically (mode 0600) on first use.
 
-    Two processes creating it at once agree on one id: the file is published with ``link()``,
-    which fails when it already exists. Returns None when it cannot be persisted: no id at all
-    is better than a new one per run.
+    Returns None when it cannot be persisted: no id at all is better than a new one per run.
     """
     path = os.path.join(directory, ID_FILE)
     existing = _read(path)
     if existing:
         return existing
     content = f"{new_event_id()}\n{_EXPLAIN.format(product=product_id)}".encode()
-    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, content)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
+        publish_once(path, content)  # two processes creating it at once agree on one id
     except OSError:
         return None
-    finally:
-        unlink_quietly(tmp)
     return _read(path)
 
 

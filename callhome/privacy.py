@@ -239,22 +239,17 @@ def _default_config():
 
 def _load_or_create_salt(directory: str) -> bytes | None:
     """The salt in ``directory``; the first process to publish one (by ``link``) wins."""
-    from ._fs import ensure_private_dir, unlink_quietly
+    from ._fs import ensure_private_dir, publish_once
 
     path = os.path.join(directory, SALT_FILE)
     existing = _read_salt(path)
     if existing:
         return existing
-    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         ensure_private_dir(directory)
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(os.urandom(_SALT_BYTES).hex().encode() + b"\n" + _EXPLAIN)
-        os.link(tmp, path)  # fails if another process published first: then its salt is read
+        publish_once(path, os.urandom(_SALT_BYTES).hex().encode() + b"\n" + _EXPLAIN)
     except OSError:
         pass
-    finally:
-        unlink_quietly(tmp)
     return _read_salt(path)
 
 
