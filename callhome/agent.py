@@ -111,7 +111,7 @@ class Agent:
         if _thread.get_ident() in OWN_THREADS:
             self.counters.add("dropped.recursion")
             return None
-        record = self._build(activity, user_id, user_id_type, meta, event_at)
+        record = self.build_record(activity, user_id, user_id_type, meta, event_at)
         mode = self.config.activity_modes.get(record["payload"]["activity_type"]) if record else None
         if mode in ("aggregate", "both"):
             self.count(record["payload"]["activity_type"])
@@ -179,9 +179,13 @@ class Agent:
     def queue_call_home(self, meta: dict | None) -> str | None:
         """``call_home()`` without the recursion guard, for the worker's automatic CALL_HOME."""
         activity = self.config.call_home_activity if self.config else "CALL_HOME"
-        return self._accept(self._build(activity, None, None, meta, None))
+        return self._accept(self.build_record(activity, None, None, meta, None))
 
-    def _build(self, activity, user_id, user_id_type, meta, event_at) -> dict | None:
+    def build_record(self, activity, user_id, user_id_type, meta, event_at) -> dict | None:
+        """The queue record ``track()`` would hand over (``callhome preview`` shows it); no I/O.
+
+        None when telemetry is off (outside debug mode) or the activity is unusable.
+        """
         config = self.config
         if config is None or self._closed or not (self.decision.enabled or config.debug):
             return None

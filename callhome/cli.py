@@ -361,7 +361,7 @@ def _call_home_record(target: _Target, is_ci: bool) -> dict:
     from .identity import read
 
     agent = Agent(**dict(target.kwargs(), debug=True, call_home_interval=0))
-    record = agent._build(agent.config.call_home_activity, None, None, {"automatic": True}, None)
+    record = agent.build_record(agent.config.call_home_activity, None, None, {"automatic": True}, None)
     installation_id = None if is_ci else read(target.directory)
     if installation_id:  # the worker adds it when it persists the record
         record["payload"]["meta"]["installation_id"] = installation_id
