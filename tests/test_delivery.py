@@ -394,9 +394,9 @@ def test_module_level_init_100_times_in_a_host(collector, state_dir):
 
 # -- CALL_HOME ---------------------------------------------------------------------------------------
 
-def test_automatic_call_home_once_across_processes(collector, state_dir):
-    options = host_options(collector, state_dir, call_home_interval=3600)
-    for _ in range(3):
+def run_tracking_hosts(count: int, options: str) -> None:
+    """``count`` host processes one after the other, each tracking one event and flushing it."""
+    for _ in range(count):
         result = run_host(f"""
             import callhome
             callhome.init({options})
@@ -405,6 +405,10 @@ def test_automatic_call_home_once_across_processes(collector, state_dir):
         """)
         assert result.stdout.strip() == "True", result.stderr
         assert result.stderr == ""
+
+
+def test_automatic_call_home_once_across_processes(collector, state_dir):
+    run_tracking_hosts(3, host_options(collector, state_dir, call_home_interval=3600))
     assert collector.store.count(activity_type="secondary1") == 3
     call_homes = received(collector, activity_type="CALL_HOME")
     assert len(call_homes) == 1, [e["payload"] for e in call_homes]
@@ -412,15 +416,7 @@ def test_automatic_call_home_once_across_processes(collector, state_dir):
 
 
 def test_no_automatic_call_home_when_interval_is_zero(collector, state_dir):
-    options = host_options(collector, state_dir, call_home_interval=0)
-    for _ in range(2):
-        result = run_host(f"""
-            import callhome
-            callhome.init({options})
-            callhome.track("secondary1")
-            print(callhome.flush(10))
-        """)
-        assert result.stdout.strip() == "True", result.stderr
+    run_tracking_hosts(2, host_options(collector, state_dir, call_home_interval=0))
     assert collector.store.count(activity_type="secondary1") == 2
     assert collector.store.count(activity_type="CALL_HOME") == 0
 

@@ -320,6 +320,14 @@ MEMORY_HOST = """
 """
 
 
+def memory_host_report(proc, result_path: str) -> dict:
+    """What a MEMORY_HOST wrote, once it exited cleanly and silently."""
+    assert proc.returncode == 0
+    assert proc.stdout == "" and proc.stderr == "", (proc.stdout, proc.stderr)
+    with open(result_path) as f:
+        return json.load(f)
+
+
 @pytest.mark.parametrize("method", ["below-a-file", "chmod-0555", "read-only-mount"])
 def test_unwritable_state_dir_delivers_from_memory(collector, tmp_path, method):
     result_path = str(tmp_path / "result.json")
@@ -352,10 +360,7 @@ def test_unwritable_state_dir_delivers_from_memory(collector, tmp_path, method):
                               capture_output=True, text=True, timeout=60)
     else:
         proc = run_host(code)
-    assert proc.returncode == 0
-    assert proc.stdout == "" and proc.stderr == "", (proc.stdout, proc.stderr)
-    with open(result_path) as f:
-        report = json.load(f)
+    report = memory_host_report(proc, result_path)
     status = report["status"]
     assert status["disk"].startswith("memory-only"), status["disk"]
     assert report["flushed"] is True
@@ -390,11 +395,7 @@ ENOSPC_SHIM = """
 def test_full_disk_falls_back_to_memory(collector, state_dir, tmp_path):
     result_path = str(tmp_path / "result.json")
     code = ENOSPC_SHIM + MEMORY_HOST.format(options=host_options(collector, state_dir), result=result_path)
-    proc = run_host(code)
-    assert proc.returncode == 0
-    assert proc.stdout == "" and proc.stderr == "", (proc.stdout, proc.stderr)
-    with open(result_path) as f:
-        report = json.load(f)
+    report = memory_host_report(run_host(code), result_path)
     status = report["status"]
     assert "No space" in status["disk"] or "ENOSPC" in status["disk"] or "28" in status["disk"], status
     assert status["disk"].startswith("memory-only"), status["disk"]
