@@ -83,7 +83,7 @@ class Sender:
     # -- the cycle -----------------------------------------------------------------------------
     def run(self, config: Config, force: bool, between: Callable[[], None],
             stopping: Callable[[], bool]) -> bool:
-        """Send what is eligible; True when the queue was left empty."""
+        """Send what is eligible; True when the cycle went through without a failure or a pause."""
         now = time.time()
         blocked = self._blocked(config, force, now)
         if blocked:
@@ -105,7 +105,7 @@ class Sender:
             self.state = "idle"
         elif not cycle.halted:
             self.state = "sending"  # out of budget or stopping: more to do, nothing failed
-        return finished and self.queue.depth()[0] == 0
+        return finished
 
     def _blocked(self, config: Config, force: bool, now: float) -> str | None:
         decision = decide(config, choices=self.choices()) if self.honour_opt_outs else None

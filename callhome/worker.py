@@ -200,8 +200,9 @@ class Worker:
             except OSError:  # the store's lock is busy or its disk failed: next cycle
                 logger().debug("callhome: aggregation skipped this cycle", exc_info=True)
         lost = self._lost()
-        emptied = self.sender.run(self.agent.config, forced, self.persist, lambda: self._stopping)
+        finished = self.sender.run(self.agent.config, forced, self.persist, lambda: self._stopping)
         self._refresh_depth(force=True)
+        emptied = finished and self.depth[0] == 0
         if forced:
             with self._done:
                 # a record dropped or rejected meanwhile was not delivered: not a success
@@ -220,7 +221,7 @@ class Worker:
             return
         config = self.agent.config
         directory = self.directory = self._directory()
-        self.choices = choices.load(directory) if directory else {}
+        self.choices = self._current_choices()
         decision = decide(config, choices=self.choices)
         if not decision.enabled:
             self.refused = decision  # decided before anything is created
