@@ -135,6 +135,13 @@ class Store:
             rows = self._db.execute(query, params + [since, until]).fetchall()
         return [(user, install) for user, install in rows]
 
+    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        """Rows of a read-only ``SELECT`` over ``events`` (the reports' own SQL); thread-safe."""
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise ValueError("query() only reads")
+        with self._lock:
+            return self._db.execute(sql, list(params)).fetchall()
+
     def stats(self) -> dict[str, int]:
         """Counters plus the number of stored records: ``events``, ``usage``, ``aggregate``, ..."""
         with self._lock:
