@@ -16,8 +16,9 @@ from __future__ import annotations
 from ._version import __version__
 from .agent import Agent
 
-__all__ = ["Agent", "__version__", "call_home", "count", "flush", "init", "mask_args", "notice_text", "redact_path",
-           "salted_hash", "shutdown", "status", "track"]
+__all__ = ["Agent", "__version__", "call_home", "count", "end_session", "flush", "init", "mask_args", "notice_text",
+           "redact_path", "salted_hash", "session", "set_license", "set_property", "shutdown", "start_session",
+           "status", "track", "track_exception"]
 
 #: Public names loaded on first use, so that ``import callhome`` stays cheap.
 _LAZY = {"mask_args": "privacy", "redact_path": "privacy", "salted_hash": "privacy"}
@@ -46,9 +47,42 @@ def init(product_id: str | None = None, **options: object) -> None:
 
 
 def track(activity: str, user_id: str | None = None, user_id_type: str | None = None,
-          meta: dict | None = None, event_at: object = None) -> str | None:
+          meta: dict | None = None, event_at: object = None, category: str | None = None) -> str | None:
     """Queue one usage event; returns its ``event_id``, or None when it was not queued."""
-    return _default.track(activity, user_id, user_id_type, meta, event_at) if _default else None
+    return _default.track(activity, user_id, user_id_type, meta, event_at, category) if _default else None
+
+
+def track_exception(exc: BaseException | None = None) -> str | None:
+    """Queue an ``EXCEPTION`` record (class, function, scrubbed stack) for ``exc`` or the one being handled."""
+    return _default.track_exception(exc) if _default else None
+
+
+def start_session(session_id: str) -> bool:
+    """Open an explicit session (id of 10–64 characters, never reused); True when opened."""
+    return _default.start_session(session_id) if _default else False
+
+
+def end_session(session_id: str) -> bool:
+    """Close an explicit session; its duration is sent as a ``SESSION`` record."""
+    return _default.end_session(session_id) if _default else False
+
+
+def session(session_id: str | None = None):
+    """``with callhome.session("id"):`` — an explicit session around a block (a random id if None)."""
+    return _agent().session(session_id)
+
+
+def set_property(slot: int, value: object) -> bool:
+    """Set custom client property ``slot`` (1–20) for this run; None clears it."""
+    return _default.set_property(slot, value) if _default else False
+
+
+def set_license(type: str | None = None, expired: bool | None = None, activated: bool | None = None,
+                blocked: bool | None = None, allowed: bool | None = None, key: str | None = None) -> bool:
+    """The product's license; the key is sent only as an HMAC keyed with ``license_secret``."""
+    if _default is None:
+        return False
+    return _default.set_license(type, expired, activated, blocked, allowed, key)
 
 
 def count(activity: str, n: int = 1, meta: dict | None = None) -> bool:

@@ -18,7 +18,9 @@ from ._version import __version__
 from .buffer import OWN_THREADS, Buffer, Counters, deque
 from .config import Config, resolve
 from .optout import Decision, decide
-from .payload import Rejected, clean_activity, clean_meta, clean_user, coerce_event_at, new_event_id, static_fields
+from .payload import (Rejected, clean_activity, clean_meta, clean_name, clean_user, coerce_event_at, new_event_id,
+                      static_fields)
+from .sessions import Sessions, clean_session_id, session_event_id, session_meta
 
 __all__ = ["Agent"]
 
@@ -61,6 +63,11 @@ class Agent:
         self._problems = deque(maxlen=20)
         self.counter = None  # aggregate counts, created by the first count()
         self.count_meta: dict = {}
+        self.sessions = Sessions()
+        self.process_session: str | None = None
+        #: custom properties and license fields set by the host, merged into client properties
+        self.properties: dict = {}
+        self._hooks_installed = False
         self._lock = _thread.allocate_lock()
         self._forget_worker()
         self._exit_hooked = False
@@ -93,25 +100,35 @@ class Agent:
             self.ephemeral_id = decision.is_ci
             self._closed = False
         self._problems.extend(config.problems)
-        if config.call_home_interval <= 0:
+        if not (decision.enabled or config.debug):
             return
+        if config.capture_exceptions and not self._hooks_installed:
+            from .exceptions import install_hooks
+
+            install_hooks(self._record_crash)
+            self._hooks_installed = True
+        if config.sessions and self.process_session is None:
+            self.process_session = self._start_session(new_event_id(), "process")
+            self._hook_exit()
         if config.debug:
-            self.queue_call_home({"automatic": True})  # shows what the automatic one would send
-        elif decision.enabled:
-            self._ensure_worker()  # the worker decides whether this process owes a CALL_HOME
+            if config.call_home_interval > 0:
+                self.queue_call_home({"automatic": True})  # shows what the automatic one would send
+        elif config.call_home_interval > 0 or config.sessions:
+            self._ensure_worker()  # it decides whether this process owes a CALL_HOME, journals sessions
 
     # -- events --------------------------------------------------------------------------------
     @_guarded
     def track(self, activity: str, user_id: str | None = None, user_id_type: str | None = None,
-              meta: dict | None = None, event_at: object = None) -> str | None:
+              meta: dict | None = None, event_at: object = None, category: str | None = None) -> str | None:
         """Queue one event for ``/api/product/usage``; returns its ``event_id`` (None if not queued).
 
-        Cheap and non-blocking: the record is built here and handed to the worker.
+        Cheap and non-blocking: the record is built here and handed to the worker. ``category``
+        groups events in reports (``meta.category``).
         """
         if _thread.get_ident() in OWN_THREADS:
             self.counters.add("dropped.recursion")
             return None
-        record = self.build_record(activity, user_id, user_id_type, meta, event_at)
+        record = self.build_record(activity, user_id, user_id_type, meta, event_at, category)
         mode = self.config.activity_modes.get(record["payload"]["activity_type"]) if record else None
         if mode in ("aggregate", "both"):
             self.count(record["payload"]["activity_type"])
@@ -179,9 +196,13 @@ class Agent:
     def queue_call_home(self, meta: dict | None) -> str | None:
         """``call_home()`` without the recursion guard, for the worker's automatic CALL_HOME."""
         activity = self.config.call_home_activity if self.config else "CALL_HOME"
-        return self._accept(self.build_record(activity, None, None, meta, None))
+        record = self.build_record(activity, None, None, meta, None)
+        if record is not None:
+            record["payload"]["meta"]["record_type"] = "call_home"
+            record["props"] = True
+        return self._accept(record)
 
-    def build_record(self, activity, user_id, user_id_type, meta, event_at) -> dict | None:
+    def build_record(self, activity, user_id, user_id_type, meta, event_at, category=None) -> dict | None:
         """The queue record ``track()`` would hand over (``callhome preview`` shows it); no I/O.
 
         None when telemetry is off (outside debug mode) or the activity is unusable.
@@ -191,26 +212,166 @@ class Agent:
             return None
         problems: list = []
         try:
-            payload = dict(self._static, activity_type=clean_activity(activity, problems))
+            name = clean_activity(activity, problems)
+            extra = clean_meta(meta, problems)
+            if category is not None:
+                category = clean_name(category, problems)
+                if category:
+                    extra["category"] = category
         except Rejected as exc:
             self._note([str(exc)])
             self.counters.add("dropped.invalid")
             return None
-        payload["event_id"] = new_event_id()
-        payload["event_at"] = coerce_event_at(event_at, time.time(), problems)
+        record = self._record(name, extra, coerce_event_at(event_at, time.time(), problems))
         user = clean_user(user_id, user_id_type, problems)
         if user:
-            payload["user_id"], payload["user_id_type"] = user
+            record["payload"]["user_id"], record["payload"]["user_id_type"] = user
+        if problems:
+            self._note(problems)
+        return record
+
+    def _record(self, activity: str, meta: dict, event_at: int, event_id: str | None = None) -> dict:
+        """A usage record of this agent around ``meta`` (already clean)."""
+        config = self.config
+        payload = dict(self._static, activity_type=activity, event_id=event_id or new_event_id(), event_at=event_at)
         if config.domain:
             payload["domain"] = config.domain
         if config.ip_addr:
             payload["ip_addr"] = config.ip_addr
-        extra = clean_meta(meta, problems)
-        extra.update(self._base_meta)
-        payload["meta"] = extra
+        meta.update(self._base_meta)
+        payload["meta"] = meta
+        return {"v": 1, "kind": "usage", "payload": payload}
+
+    def _internal_record(self, activity: str, meta: dict, event_at: float, event_id: str | None = None) -> dict | None:
+        """A session or exception record: the worker adds the client properties when it writes it."""
+        config = self.config
+        if config is None or not (self.decision.enabled or config.debug):
+            return None
+        record = self._record(activity, meta, int(event_at), event_id)
+        record["props"] = True
+        return record
+
+    def client_properties(self, detected: dict) -> dict:
+        """What rides in CALL_HOME, session and exception records, given the detected properties."""
+        from .properties import product_fields
+
+        return {**detected, **product_fields(self.config), **self.properties}
+
+    # -- sessions ----------------------------------------------------------------------------------
+    def _start_session(self, session_id: str, kind: str) -> str:
+        self.sessions.start(session_id, kind, time.time())
+        if self._thread is not None and not self.wake.is_set():
+            self.wake.set()  # the worker journals it
+        return session_id
+
+    @_guarded
+    def start_session(self, session_id: str) -> bool:
+        """Open an explicit session (10–64 characters, unique); True when opened."""
+        if not self._tracking():
+            return False
+        self._start_session(clean_session_id(session_id), "explicit")
+        return True
+
+    @_guarded
+    def end_session(self, session_id: str) -> bool:
+        """Close an explicit session: its record (activity ``session_activity``) is queued."""
+        if not self._tracking():
+            return False
+        session_id = clean_session_id(session_id)
+        kind, start = self.sessions.end(session_id)
+        self.accept_session(session_id, kind, start, time.time(), "end")
+        return True
+
+    def session(self, session_id: str | None = None) -> "_SessionScope":
+        """``with agent.session("id"):`` — an explicit session around a block (a random id if None)."""
+        return _SessionScope(self, session_id)
+
+    def accept_session(self, session_id: str, kind: str, start: float, end: float, closed_by: str) -> None:
+        """Queue the record of an ended session (also the worker's, for a crashed process's ones)."""
+        config = self.config
+        if config is None:
+            return
+        meta = session_meta(session_id, kind, start, end, closed_by)
+        if self.process_session and kind == "explicit":
+            meta["process_session_id"] = self.process_session
+        event_id = session_event_id(config.product_id, session_id, start)
+        self._accept(self._internal_record(config.session_activity, meta, end, event_id))
+
+    def _end_sessions(self) -> None:
+        now = time.time()
+        for session_id, kind, start in self.sessions.end_all():
+            self.accept_session(session_id, kind, start, now, "exit")
+
+    def _tracking(self) -> bool:
+        config = self.config
+        return config is not None and not self._closed and (self.decision.enabled or config.debug)
+
+    # -- exceptions, properties, license -------------------------------------------------------------
+    @_guarded
+    def track_exception(self, exc: BaseException | None = None) -> str | None:
+        """Queue an ``EXCEPTION`` record for ``exc`` (default: the one being handled)."""
+        if _thread.get_ident() in OWN_THREADS:
+            self.counters.add("dropped.recursion")
+            return None
+        if exc is None:
+            exc = sys.exc_info()[1]
+        if not isinstance(exc, BaseException):
+            raise TypeError("track_exception() needs an exception, or to be called in an except block")
+        return self._exception(exc, True)
+
+    def _record_crash(self, exc: BaseException, tb) -> None:
+        """The interpreter hooks' entry: an uncaught exception, recorded if capture is still on."""
+        try:
+            config = self.config
+            if config is not None and config.capture_exceptions and _thread.get_ident() not in OWN_THREADS:
+                if exc.__traceback__ is None and tb is not None:
+                    exc = exc.with_traceback(tb)
+                self._exception(exc, False)
+        except Exception:
+            self.counters.add("internal_errors")
+
+    def _exception(self, exc: BaseException, handled: bool) -> str | None:
+        if not self._tracking():
+            return None
+        from .exceptions import exception_meta
+
+        meta = exception_meta(exc, handled, self.config.exception_messages)
+        if self.process_session:
+            meta["session_id"] = self.process_session
+        return self._accept(self._internal_record(self.config.exception_activity, meta, time.time()))
+
+    @_guarded
+    def set_property(self, slot: int, value: object) -> bool:
+        """Set custom property ``slot`` (1–20) for this run; None clears it. True when set."""
+        from .properties import custom_key
+
+        key = custom_key(slot)
+        if value is None:
+            self.properties.pop(key, None)
+            return True
+        problems: list = []
+        self.properties[key] = clean_meta({key: value}, problems).get(key)
         if problems:
             self._note(problems)
-        return {"v": 1, "kind": "usage", "payload": payload}
+        return True
+
+    @_guarded
+    def set_license(self, type: str | None = None, expired: bool | None = None, activated: bool | None = None,
+                    blocked: bool | None = None, allowed: bool | None = None, key: str | None = None) -> bool:
+        """The product's license, sent with the client properties; ``None`` leaves a value as it was.
+
+        The key leaves the machine only as an HMAC-SHA256 keyed with ``license_secret``.
+        """
+        from .properties import license_fields
+
+        if self.config is None:
+            return False
+        problems: list = []
+        flags = {"expired": expired, "activated": activated, "blocked": blocked, "allowed": allowed}
+        self.properties.update(license_fields(type, flags, key, self.config.license_secret, problems))
+        if problems:
+            self._note(problems)
+        return True
 
     def _note(self, problems: list) -> None:
         """Count the host's mistakes; ``strict`` makes them errors, otherwise ``status()`` lists them."""
@@ -240,6 +401,10 @@ class Agent:
         import json
 
         why = "debug mode" if self.decision.enabled else self.decision.reason
+        if record.pop("props", False):
+            from .properties import detected
+
+            record["payload"]["meta"].update(self.client_properties(detected(self.decision.is_ci)))
         request = {"method": "POST", "url": self.config.endpoint + "/api/product/" +
                    ("usage" if record["kind"] == "usage" else "aggregateusage"),
                    "headers": {"X-API-KEY": "***" if self.config.api_key else "(none)"},
@@ -254,9 +419,12 @@ class Agent:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run_worker, name="callhome-worker", daemon=True)
                 self._thread.start()
-                if not self._exit_hooked:
-                    atexit.register(_weak_call(self, "_at_exit"))
-                    self._exit_hooked = True
+        self._hook_exit()
+
+    def _hook_exit(self) -> None:
+        if not self._exit_hooked:
+            self._exit_hooked = True
+            atexit.register(_weak_call(self, "_at_exit"))
 
     def _run_worker(self) -> None:
         import threading
@@ -291,6 +459,7 @@ class Agent:
     def shutdown(self, timeout: float = 1.0) -> None:
         """Flush within ``timeout``, persist what remains for the next process, stop the thread."""
         deadline = time.monotonic() + timeout
+        self._end_sessions()
         worker = self._worker_within(timeout)
         if worker is not None:
             worker.flush(max(deadline - time.monotonic(), 0))
@@ -305,6 +474,7 @@ class Agent:
 
     def _at_exit(self) -> None:
         try:
+            self._end_sessions()
             worker = self._worker_within(0) if self.config is not None else None
             if worker is not None:
                 worker.stop(self.config.exit_timeout)
@@ -317,6 +487,9 @@ class Agent:
         self.buffer = Buffer(self.buffer.maxlen)
         self.counter = None  # the parent merges its own counts
         self.counters = Counters()
+        # the parent's sessions stay the parent's: a forked child (a pool worker) is part of its run
+        self.sessions = Sessions()
+        self.process_session = None
         self._lock = _thread.allocate_lock()
         self._forget_worker()
 
@@ -362,6 +535,7 @@ class Agent:
             "state": sender.state if sender else "idle",
             "buffered": len(self.buffer),
             "counting": len(self.counter) if self.counter else 0,
+            "sessions": len(self.sessions),
             "queued": worker.depth[0] if worker else 0,
             "accepted": self.counters.get("accepted"),
             "delivered": self.counters.get("delivered"),
@@ -387,3 +561,18 @@ def _weak_call(obj: object, name: str):
             getattr(target, name)()
 
     return call
+
+
+class _SessionScope:
+    """``with agent.session(...)``: opens on entry, closes on exit (also when the block raises)."""
+
+    def __init__(self, agent: Agent, session_id: str | None) -> None:
+        self.agent = agent
+        self.session_id = new_event_id() if session_id is None else session_id
+
+    def __enter__(self) -> str:
+        self.agent.start_session(self.session_id)
+        return self.session_id
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.agent.end_session(self.session_id)

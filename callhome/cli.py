@@ -360,7 +360,7 @@ def _call_home_record(target: _Target, is_ci: bool) -> dict:
     from .agent import Agent
     from .identity import read
 
-    agent = Agent(**dict(target.kwargs(), debug=True, call_home_interval=0))
+    agent = Agent(**dict(target.kwargs(), debug=True, call_home_interval=0, sessions=False))
     record = agent.build_record(agent.config.call_home_activity, None, None, {"automatic": True}, None)
     installation_id = None if is_ci else read(target.directory)
     if installation_id:  # the worker adds it when it persists the record
@@ -413,7 +413,7 @@ def _flush(target: _Target, args: argparse.Namespace) -> int:
               "the events", file=sys.stderr)
     from .agent import Agent
 
-    agent = Agent(**dict(target.kwargs(), call_home_interval=0))
+    agent = Agent(**dict(target.kwargs(), call_home_interval=0, sessions=False))
     delivered_all = _flush_with_progress(agent, args.ch_timeout, total)
     status = agent.status()
     agent.shutdown(0.5)

@@ -28,6 +28,7 @@ ENV = {
     "CALLHOME_TIMEOUT": "timeout",
     "CALLHOME_RELAY": "relay",
     "CALLHOME_AGGREGATE_INTERVAL": "aggregate_interval",
+    "CALLHOME_HEARTBEAT_INTERVAL": "heartbeat_interval",
 }
 
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -38,7 +39,9 @@ class Config:
 
     __slots__ = (
         "product_id", "api_key", "endpoint", "environment", "source", "domain", "ip_addr",
-        "relay", "product_version", "data_dir", "flush_interval", "call_home_interval",
+        "relay", "product_version", "product_build", "product_edition", "product_language",
+        "sessions", "session_activity", "heartbeat_interval", "exception_activity",
+        "capture_exceptions", "exception_messages", "license_secret", "data_dir", "flush_interval", "call_home_interval",
         "call_home_activity", "timeout", "exit_timeout", "debug", "strict", "enabled",
         "send_in_ci", "env_prefix", "optout_env", "consent", "cli_command", "aggregate_interval",
         "activity_modes", "max_buffer", "max_queue_events",
@@ -57,8 +60,9 @@ class Config:
         raise AttributeError("Config is immutable; call init() again to change it")
 
     def __repr__(self) -> str:
-        shown = {n: getattr(self, n) for n in self.__slots__ if n != "api_key"}
+        shown = {n: getattr(self, n) for n in self.__slots__ if n not in ("api_key", "license_secret")}
         shown["api_key"] = "***" if self.api_key else None
+        shown["license_secret"] = "***" if self.license_secret else None
         return f"Config({shown})"
 
     @property
@@ -77,6 +81,16 @@ _OPTIONS = {
     "ip_addr": (None, ("CALLHOME_IP_ADDR",), None),
     "relay": (False, ("CALLHOME_RELAY",), "bool"),
     "product_version": (None, (), None),
+    "product_build": (None, (), None),
+    "product_edition": (None, (), None),
+    "product_language": (None, (), None),
+    "sessions": (True, (), "bool"),
+    "session_activity": ("SESSION", (), None),
+    "heartbeat_interval": (300.0, ("CALLHOME_HEARTBEAT_INTERVAL",), "interval"),
+    "exception_activity": ("EXCEPTION", (), None),
+    "capture_exceptions": (False, (), "bool"),
+    "exception_messages": (False, (), "bool"),
+    "license_secret": (None, (), None),
     "data_dir": (None, ("CALLHOME_DIR",), None),
     "flush_interval": (5.0, ("CALLHOME_FLUSH_INTERVAL",), "seconds"),
     "call_home_interval": (86400.0, ("CALLHOME_CALL_HOME_INTERVAL",), "seconds"),

@@ -15,7 +15,8 @@ from .config import Config
 from .schema import MAX_FUTURE_S, MAX_STRING, MIN_EVENT_AT, USER_ID_TYPES
 
 __all__ = ["MAX_META_BYTES", "MAX_META_KEYS", "Rejected", "new_event_id", "coerce_event_at",
-           "clean_meta", "clean_activity", "clean_user", "user_agent", "static_fields"]
+           "clean_meta", "clean_activity", "clean_name", "clean_user", "platform_triple", "user_agent",
+           "static_fields"]
 
 #: The agent adds its own keys (installation id, versions) to the host's, within the schema's 64.
 MAX_META_KEYS = 50
@@ -88,14 +89,24 @@ def _one_line(text: str, limit: int) -> str:
 
 
 def clean_activity(activity: object, problems: list) -> str:
-    """The ``activity_type``: a non-empty one-line string of at most 128 characters."""
-    if not isinstance(activity, str):
-        raise Rejected(f"activity {_text(activity)[:40]} is not a string")
-    cleaned = _one_line(activity, MAX_ACTIVITY)
+    """The ``activity_type``: trimmed, inner whitespace collapsed, non-empty, at most 128 characters."""
+    cleaned = clean_name(activity, problems, "activity")
     if not cleaned:
         raise Rejected("activity is empty")
-    if cleaned != activity:
-        problems.append(f"activity {activity[:40]!r} trimmed")
+    return cleaned
+
+
+def clean_name(name: object, problems: list, what: str = "category") -> str:
+    """An event name or category as Revenera conditions them: trimmed, whitespace runs made one
+    space, at most 128 characters. :raises Rejected: when ``name`` is not a string."""
+    if not isinstance(name, str):
+        raise Rejected(f"{what} {_text(name)[:40]} is not a string")
+    cleaned = _one_line(name, len(name))
+    if "  " in cleaned or "\t" in cleaned or not cleaned.isprintable():
+        cleaned = " ".join(cleaned.split())
+    cleaned = cleaned[:MAX_ACTIVITY]
+    if cleaned != name:
+        problems.append(f"{what} {name[:40]!r} trimmed")
     return cleaned
 
 
@@ -164,13 +175,14 @@ def _text(value: object) -> str:
 def user_agent(config: Config) -> str:
     """``product/version callhome/version (OS release; machine) Python/x.y.z``; no host or user name."""
     product = config.product_id + (f"/{config.product_version}" if config.product_version else "")
-    system, release, machine = _platform()
+    system, release, machine = platform_triple()
     python = "%d.%d.%d" % sys.version_info[:3]
     return _one_line(f"{product} callhome/{__version__} ({system} {release}; {machine}) Python/{python}",
                      MAX_STRING)
 
 
-def _platform() -> tuple[str, str, str]:
+def platform_triple() -> tuple[str, str, str]:
+    """``(system, release, machine)``, e.g. ``('Linux', '6.1.0', 'x86_64')``; never the host name."""
     if hasattr(os, "uname"):
         uname = os.uname()  # nodename (the host name) is deliberately never read
         return uname.sysname, uname.release, uname.machine

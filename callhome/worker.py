@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from . import choices, identity
+from . import choices, identity, journal
 from ._fs import product_dir
 from ._log import logger
 from .buffer import OWN_THREADS
@@ -64,6 +64,8 @@ class Worker:
         self.choices: dict = {}
         self._choices_stamp: tuple = ()
         self.refused = None  # the Decision, when the saved choices turned telemetry off
+        self._detected: dict | None = None  # client properties, detected once
+        self._journaled = (-1, 0.0)  # (sessions version, time) of the last journal write
 
     # -- called from the host's threads ------------------------------------------------------
     def wake(self) -> None:
@@ -111,6 +113,8 @@ class Worker:
             self._save_at_exit()
         with self._put_lock:
             pass  # records the worker already took from the buffer are on disk once it lets go
+        if self._journaled[0] >= 0 and not self.agent.buffer:
+            journal.remove_journal(self.directory, self.agent.sessions.name)  # its sessions are queued
         # a request in flight may finish within the budget; anything else is done or can wait
         if self.sender is not None and self.sender.in_flight and self.thread is not threading.current_thread():
             self.thread.join(max(deadline - time.monotonic(), 0))
@@ -152,6 +156,7 @@ class Worker:
             self._release_flush_waiters(True)  # nothing will ever be sent: nothing is pending
             return
         self._guard(self._maybe_call_home)
+        self._guard(self._recover_sessions)
         while not self._stopping:
             self._wake.wait(self._interval())
             self._wake.clear()
@@ -180,7 +185,9 @@ class Worker:
 
     def _interval(self) -> float:
         # jittered so that a fleet started together does not call home in lockstep
-        return self.agent.config.flush_interval * random.uniform(0.8, 1.2)
+        config = self.agent.config
+        wait = config.flush_interval * random.uniform(0.8, 1.2)
+        return min(wait, config.heartbeat_interval) if self._journaled[0] >= 0 else wait
 
     def _cycle(self) -> None:
         with self._done:
@@ -188,6 +195,7 @@ class Worker:
         forced = ticket > self._flush_done
         if time.time() >= self._call_home_due:
             self._maybe_call_home()
+        self._journal_sessions()
         if forced:
             self.persist()
         else:
@@ -327,6 +335,44 @@ class Worker:
         except (TypeError, ValueError):  # a state file edited by hand
             return 0.0
 
+    # -- sessions ----------------------------------------------------------------------------
+    def _journal_enabled(self) -> bool:
+        return bool(self.agent.config.sessions and self.directory and self.disk_error is None
+                    and not self._stopping)
+
+    def _recover_sessions(self) -> None:
+        """Close the sessions of processes that died without their exit hook, at their last heartbeat."""
+        if not self._journal_enabled():
+            return
+        stale = 3 * self.agent.config.heartbeat_interval + 60
+        for session_id, kind, start, beat in journal.recover(self.directory, stale, time.time()):
+            self.agent.accept_session(session_id, kind, start, beat, "recovered")
+        self._journal_sessions()
+
+    def _journal_sessions(self) -> None:
+        """The heartbeat: rewrite the journal when sessions changed or an interval has passed."""
+        if not self._journal_enabled():
+            return
+        current = self.agent.sessions
+        version, written_at = self._journaled
+        now = time.time()
+        if version == current.version and now - written_at < self.agent.config.heartbeat_interval:
+            return
+        version, open_sessions = current.snapshot()
+        if not open_sessions and written_at == 0.0:
+            return  # nothing to journal yet
+        existed = journal.write_journal(self.directory, current.name, now, open_sessions)
+        if written_at and not existed:
+            current.restart_all(written_at)  # closed by another process at that heartbeat
+        self._journaled = (version, now)
+
+    def _client_properties(self) -> dict:
+        if self._detected is None:
+            from .properties import detected
+
+            self._detected = detected(self.agent.decision.is_ci)
+        return self.agent.client_properties(self._detected)
+
     # -- aggregates --------------------------------------------------------------------------
     def _aggregate(self) -> None:
         """Merge this process's counts into the shared store, then send the windows that closed."""
@@ -409,6 +455,9 @@ class Worker:
     def _frame(self, record: dict, installation_id: str | None) -> bytes | None:
         if installation_id:
             record["payload"].setdefault("meta", {})["installation_id"] = installation_id
+        if record.pop("props", False):
+            meta = record["payload"]["meta"]
+            meta.update((k, v) for k, v in self._client_properties().items() if k not in meta)
         line = frame(record)
         if len(line) > self.agent.config.max_event_bytes:
             self.agent.counters.add("dropped.oversize")

@@ -55,7 +55,7 @@ def make_agent(collector, state_dir):
 
     def make(**overrides):
         options = dict(product_id=PRODUCT, api_key=API_KEY, endpoint=collector.url, domain="example.com",
-                       data_dir=state_dir, call_home_interval=0, flush_interval=0.2)
+                       data_dir=state_dir, call_home_interval=0, sessions=False, flush_interval=0.2)
         options.update(overrides)
         agent = Agent(**options)
         agents.append(agent)
@@ -69,7 +69,7 @@ def make_agent(collector, state_dir):
 def host_options(collector, state_dir, **overrides) -> str:
     """The keyword arguments of ``callhome.init`` for a host subprocess, as Python source."""
     options = dict(product_id=PRODUCT, api_key=API_KEY, endpoint=collector.url, domain="example.com",
-                   data_dir=state_dir, call_home_interval=0)
+                   data_dir=state_dir, call_home_interval=0, sessions=False)
     options.update(overrides)
     return ", ".join(f"{k}={v!r}" for k, v in options.items())
 

@@ -41,6 +41,16 @@ DEFAULTS = {
     "max_attempts": 12,
     "max_event_bytes": 32 * 1024,
     "fsync": False,
+    "product_build": None,
+    "product_edition": None,
+    "product_language": None,
+    "sessions": True,
+    "session_activity": "SESSION",
+    "heartbeat_interval": 300.0,
+    "exception_activity": "EXCEPTION",
+    "capture_exceptions": False,
+    "exception_messages": False,
+    "license_secret": None,
 }
 
 # variable -> (raw value, what the option becomes). One row per entry of config.ENV.
@@ -57,6 +67,7 @@ ENV_EXAMPLES = {
     "CALLHOME_TIMEOUT": ("1.5", 1.5),
     "CALLHOME_RELAY": ("yes", True),
     "CALLHOME_AGGREGATE_INTERVAL": ("600", 600.0),
+    "CALLHOME_HEARTBEAT_INTERVAL": ("60", 60.0),
 }
 
 # An argument value for the option each variable sets, different from ENV_EXAMPLES.
@@ -70,6 +81,7 @@ ARGUMENTS = {
     "flush_interval": 9.0,
     "call_home_interval": 120.0,
     "aggregate_interval": 900.0,
+    "heartbeat_interval": 30.0,
     "timeout": 3.0,
     "relay": False,
 }

@@ -21,7 +21,7 @@ import callhome
 
 PACKAGE_DIR = Path(callhome.__file__).parent
 PURE = {"callhome.config", "callhome.optout", "callhome.payload", "callhome.schema", "callhome.backoff",
-        "callhome.buffer"}
+        "callhome.buffer", "callhome.sessions"}
 CONSTANTS = {"callhome._version"}
 
 

@@ -1,0 +1,104 @@
+"""Exception records: class, function and a scrubbed stack, and the opt-in interpreter hooks.
+
+A stack keeps file *base names*, line numbers and function names only: no directory (which
+would name the user's home or the vendor's build machine) and never a local variable. The
+message is left out unless the vendor asks for it, and then paths under the home directory
+are shortened to ``~``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["MAX_STACK", "exception_meta", "install_hooks", "scrub_home"]
+
+MAX_STACK = 1024  # one meta string
+_SEPARATOR = " > "
+
+
+def exception_meta(exc: BaseException, handled: bool, with_message: bool) -> dict:
+    """The ``meta`` of an exception record (see ``docs/data.md``)."""
+    frames = _frames(exc.__traceback__)
+    kind = type(exc)
+    module = getattr(kind, "__module__", "") or ""
+    name = kind.__qualname__ if module in ("builtins", "") else f"{module}.{kind.__qualname__}"
+    meta = {"record_type": "exception", "exception_class": name[:128], "handled": handled,
+            "stack": _stack(frames)}
+    if frames:
+        filename, line, function = frames[-1]
+        meta.update(exception_function=function[:128], exception_file=filename, exception_line=line)
+    if with_message:
+        meta["exception_message"] = " ".join(scrub_home(_message(exc)).split())[:MAX_STACK]
+    return meta
+
+
+def _frames(tb) -> list[tuple[str, int, str]]:
+    frames = []
+    while tb is not None and len(frames) < 1000:
+        code = tb.tb_frame.f_code
+        frames.append((os.path.basename(code.co_filename) or "?", tb.tb_lineno or 0, code.co_name))
+        tb = tb.tb_next
+    return frames
+
+
+def _stack(frames: list[tuple[str, int, str]]) -> str:
+    """Outermost to innermost; when too long the outermost frames go (the innermost explain most)."""
+    parts = [f"{filename}:{line} in {function}" for filename, line, function in frames]
+    text = _SEPARATOR.join(parts)
+    while len(text) > MAX_STACK and len(parts) > 1:
+        parts.pop(0)
+        text = "..." + _SEPARATOR + _SEPARATOR.join(parts)
+    return text[-MAX_STACK:]
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # the host's own __str__ failing
+        return ""
+
+
+def scrub_home(text: str) -> str:
+    """``text`` with the home directory (and the user's name inside it) replaced by ``~``."""
+    for home in _homes():
+        text = text.replace(home, "~")
+    return text
+
+
+def _homes() -> list[str]:
+    homes = {os.path.expanduser("~"), os.environ.get("HOME", ""), os.environ.get("USERPROFILE", "")}
+    real = {os.path.realpath(h) for h in homes if h}
+    # longest first: /home/alice/projects must not become ~/projects' prefix twice
+    return sorted((h for h in homes | real if len(h) > 1), key=len, reverse=True)
+
+
+def install_hooks(record) -> None:
+    """Chain ``record(exc)`` in front of ``sys.excepthook`` and ``threading.excepthook``.
+
+    The previous hooks always run afterwards (the host's own crash reporting, the traceback on
+    stderr); ``record`` is the agent's guarded method and never raises. Ctrl-C and ``SystemExit``
+    are not crashes and are not recorded.
+    """
+    import threading
+
+    previous_sys = sys.excepthook
+
+    def sys_hook(kind, value, tb):
+        try:
+            if not issubclass(kind, (KeyboardInterrupt, SystemExit)):
+                record(value if value is not None else kind(), tb)
+        finally:
+            previous_sys(kind, value, tb)
+
+    previous_threading = threading.excepthook
+
+    def threading_hook(args):
+        try:
+            if args.exc_type is not None and not issubclass(args.exc_type, (KeyboardInterrupt, SystemExit)):
+                record(args.exc_value, args.exc_traceback)
+        finally:
+            previous_threading(args)
+
+    sys.excepthook = sys_hook
+    threading.excepthook = threading_hook

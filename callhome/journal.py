@@ -1,0 +1,105 @@
+"""The sessions' crash journal: ``sessions/<pid>-<id>.json`` in the product directory.
+
+The worker rewrites it at every heartbeat and whenever sessions open or close, so that a
+process killed without running its exit hook loses at most one heartbeat of runtime: the next
+process finds the journal of a dead process, claims it by renaming it, and closes its
+sessions at their last heartbeat. Worker thread only.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._fs import ensure_private_dir, read_json, unlink_quietly, write_json
+
+__all__ = ["recover", "remove_journal", "write_journal"]
+
+_JOURNAL_DIR = "sessions"
+_CLAIMED = ".closing"
+
+
+
+def journal_path(directory: str, name: str) -> str:
+    return os.path.join(directory, _JOURNAL_DIR, name + ".json")
+
+
+def write_journal(directory: str, name: str, beat: float, sessions: dict[str, tuple[str, float]]) -> bool:
+    """Record this process's open sessions and its heartbeat; True if the journal existed before.
+
+    A journal that vanished after we wrote it means another process thought we were dead and
+    closed our sessions at our last heartbeat: the caller then restarts them from that beat.
+    """
+    path = journal_path(directory, name)
+    existed = os.path.exists(path)
+    ensure_private_dir(os.path.dirname(path))
+    write_json(path, {"pid": os.getpid(), "beat": beat,
+                      "sessions": {sid: [kind, start] for sid, (kind, start) in sessions.items()}})
+    return existed
+
+
+def remove_journal(directory: str, name: str) -> None:
+    unlink_quietly(journal_path(directory, name))
+
+
+def recover(directory: str, stale_after: float, now: float) -> list[tuple[str, str, float, float]]:
+    """Claim the journals of dead processes; their sessions as ``[(id, kind, start, last beat)]``.
+
+    A journal is abandoned when its process is gone, or when its heartbeat is older than
+    ``stale_after`` (a pid reused by an unrelated process, or a frozen one). Claiming is a
+    rename, so of several processes starting together exactly one closes each session.
+    """
+    folder = os.path.join(directory, _JOURNAL_DIR)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not (name.endswith(".json") or _CLAIMED in name):
+            continue
+        journal = read_json(path)
+        if not _abandoned(name, journal, stale_after, now):
+            continue
+        claimed = f"{path.split(_CLAIMED)[0]}{_CLAIMED}-{os.getpid()}"
+        try:
+            os.rename(path, claimed)
+        except OSError:
+            continue  # another process claimed it first
+        found.extend(_sessions_of(journal))
+        unlink_quietly(claimed)
+    return found
+
+
+def _abandoned(name: str, journal: dict, stale_after: float, now: float) -> bool:
+    if _CLAIMED in name:  # a recovery that died halfway; its claimer's pid is in the name
+        owner = name.rsplit("-", 1)[-1]
+        return not owner.isdigit() or not _alive(int(owner))
+    try:
+        pid, beat = int(journal["pid"]), float(journal["beat"])
+    except (KeyError, TypeError, ValueError):
+        return True  # unreadable: nothing to close, but the file should go
+    if pid == os.getpid():
+        return False
+    return not _alive(pid) or now - beat > stale_after
+
+
+def _sessions_of(journal: dict) -> list[tuple[str, str, float, float]]:
+    try:
+        beat = float(journal["beat"])
+        return [(str(sid), str(kind), float(start), max(beat, float(start)))
+                for sid, (kind, start) in journal.get("sessions", {}).items()]
+    except (KeyError, TypeError, ValueError):
+        return []
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would terminate it there: rely on the heartbeat's age
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or a platform where we cannot tell
+    return True

@@ -1,0 +1,100 @@
+"""Client properties: what the product says about itself, what is detected once, custom slots, license.
+
+They ride in the ``meta`` of CALL_HOME, session and exception records (``docs/data.md`` lists
+every key). Detection reads the environment and a few well-known files, so it runs on the
+worker's thread, once per process; nothing here names the host or the user.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["MAX_CUSTOM", "PRODUCT_FIELDS", "custom_key", "detected", "license_fields", "product_fields"]
+
+MAX_CUSTOM = 20
+#: init() option -> meta key
+PRODUCT_FIELDS = {"product_version": "product_version", "product_build": "product_build",
+                  "product_edition": "product_edition", "product_language": "product_language"}
+_LICENSE_FLAGS = ("expired", "activated", "blocked", "allowed")
+_CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
+_CONTAINER_CGROUP_WORDS = ("docker", "kubepods", "containerd", "lxc", "libpod")
+_IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy", "graalpy": "GraalPy", "ironpython": "IronPython"}
+
+
+def product_fields(config) -> dict:
+    """The product's own description, re-asserted by every ``init()`` (never persisted)."""
+    return {key: getattr(config, option) for option, key in PRODUCT_FIELDS.items() if getattr(config, option)}
+
+
+def custom_key(slot: object) -> str:
+    """``custom_01`` .. ``custom_20``. :raises ValueError: for any other slot."""
+    if type(slot) is not int or not 1 <= slot <= MAX_CUSTOM:
+        raise ValueError(f"custom property slot must be an int from 1 to {MAX_CUSTOM}, not {slot!r}")
+    return f"custom_{slot:02d}"
+
+
+def license_fields(license_type: object, flags: dict, key: object, secret: str | None,
+                   problems: list) -> dict:
+    """The license's meta keys; the key only as an HMAC-SHA256 with the vendor's secret.
+
+    ``None`` leaves a value unchanged (the caller merges), as Revenera's ``-1``.
+    """
+    fields: dict = {}
+    if license_type is not None:
+        text = " ".join(str(license_type).split())[:64]
+        if text:
+            fields["license_type"] = text.lower()
+    for name in _LICENSE_FLAGS:
+        value = flags.get(name)
+        if value is not None:
+            fields["license_" + name] = bool(value)
+    if key is not None:
+        if not secret:
+            problems.append("license key not sent: set license_secret in init() to send it as an HMAC")
+        else:
+            import hashlib
+            import hmac
+
+            fields["license_key_hmac"] = hmac.new(secret.encode("utf-8"), str(key).strip().encode("utf-8"),
+                                                  hashlib.sha256).hexdigest()
+    return fields
+
+
+def detected(is_ci: bool) -> dict:
+    """OS, architecture, Python, locale, CPUs, container and CI flags; computed once by the worker."""
+    from .payload import platform_triple
+
+    system, release, machine = platform_triple()
+    return {"os": system, "os_version": release, "arch": machine,
+            "python_version": "%d.%d.%d" % sys.version_info[:3],
+            "python_impl": _IMPLEMENTATIONS.get(sys.implementation.name, sys.implementation.name),
+            "locale": _locale(), "cpu_count": os.cpu_count() or 0, "container": _in_container(),
+            "is_ci": bool(is_ci)}
+
+
+def _locale() -> str:
+    """``en_US`` from the POSIX variables (as a program's messages would use), else the system's."""
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value.split(".")[0].split("@")[0][:32] or "C"
+    try:
+        import locale
+
+        return (locale.getlocale()[0] or "unknown")[:32]
+    except (ValueError, AttributeError):
+        return "unknown"
+
+
+def _in_container() -> bool:
+    if os.environ.get("KUBERNETES_SERVICE_HOST") or os.environ.get("container"):
+        return True
+    if any(os.path.exists(marker) for marker in _CONTAINER_MARKERS):
+        return True
+    try:
+        with open("/proc/1/cgroup", encoding="utf-8", errors="replace") as f:
+            text = f.read(65536)
+    except OSError:
+        return False
+    return any(word in text for word in _CONTAINER_CGROUP_WORDS)
