@@ -101,6 +101,8 @@ def clean_name(name: object, problems: list, what: str = "category") -> str:
     space, at most 128 characters. :raises Rejected: when ``name`` is not a string."""
     if not isinstance(name, str):
         raise Rejected(f"{what} {_text(name)[:40]} is not a string")
+    if len(name) <= MAX_ACTIVITY and name.isprintable() and name.strip(" ") == name and "  " not in name:
+        return name  # the common case, checked cheaply: track() runs on the host's thread
     cleaned = _one_line(name, len(name))
     if "  " in cleaned or "\t" in cleaned or not cleaned.isprintable():
         cleaned = " ".join(cleaned.split())
