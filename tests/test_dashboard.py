@@ -14,12 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from callhome.collector import CollectorServer, reports
+from callhome.collector import CollectorServer, dashboard, reports
 from callhome.collector.dashboard import parse_user_agent
 from callhome.schema import AGGREGATE_PATH, USAGE_PATH
 
@@ -177,6 +179,65 @@ def test_parse_user_agent():
     assert parse_user_agent("curl/8.0") is None and parse_user_agent(None) is None
 
 
+def test_every_agent_supplied_string_is_escaped():
+    """Product id, activity, versions, OS, user and installation ids are all the sender's choice."""
+    now = int(time.time())
+    evil = '"><img src=x onerror=alert(1)>'
+    payload = event("acme" + evil, "build" + evil, "inst" + evil, now - 5, user="alice" + evil,
+                    version="1.0" + evil, user_agent=f"x (Linux{evil} 6.1; x86_64{evil})")
+    payload["meta"]["callhome_version"] = "0.3" + evil
+    with CollectorServer() as server:
+        post(server, payload)
+        text = page(server).text
+    assert "<img" not in text and 'onerror=alert(1)>' not in text
+    # every one of the seven values is on the page, escaped (some twice: a title and a cell)
+    assert text.count("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;") >= 7
+
+
+def test_products_per_page_are_bounded(monkeypatch):
+    """Anyone with an ingest key can invent product ids: the page shows the busiest few, and says so."""
+    monkeypatch.setattr(dashboard, "MAX_PRODUCTS", 3)
+    now = int(time.time())
+    with CollectorServer() as server:
+        for n in range(6):  # product-n has n + 1 records
+            for _ in range(n + 1):
+                post(server, event(f"product-{n}", "build", f"inst-{n}", now - 5))
+        text = page(server).text
+    assert re.findall(r'<section id="p\d+"><h2>(.*?)</h2>', text) == ["product-3", "product-4", "product-5"]
+    assert "This page may be incomplete" in text
+
+
+def test_an_activity_called_other_keeps_its_events():
+    now = int(time.time())
+    with CollectorServer() as server:
+        for _ in range(5):
+            post(server, event("acme-cli", "(other)", "inst-1", now - 5))
+        for n in range(8):  # 9 activities in all: the least frequent are folded into "(other)"
+            post(server, event("acme-cli", f"activity-{n}", "inst-1", now - 5))
+        acme = section(page(server).text, "acme-cli")
+    assert kpi(acme, "Events, 30 days") == 13
+    assert legend(acme, "(other)") == 5 + 2  # its own 5, and the 2 least frequent activities
+
+
+def test_pages_are_built_one_at_a_time():
+    """A page at MAX_ROWS holds a few hundred MB while it is built: concurrent views must not add up."""
+    now = int(time.time())
+    with CollectorServer() as server:
+        for n in range(3000):
+            server.store.add("usage", event("acme-cli", f"a{n % 5}", f"inst-{n % 300}", now - n % 29 * DAY))
+        tracemalloc.start()
+        try:
+            assert page(server).status_code == 200
+            alone = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            with ThreadPoolExecutor(6) as pool:
+                assert {answer.status_code for answer in pool.map(lambda _: page(server), range(6))} == {200}
+            together = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert together < 2 * alone, (alone, together)
+
+
 # -- keys ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("report_keys", [(), ("read-key",)])
 def test_the_dashboard_needs_the_read_key_when_keys_are_configured(report_keys):
@@ -192,6 +253,23 @@ def test_the_dashboard_needs_the_read_key_when_keys_are_configured(report_keys):
             assert page(server, headers={"X-API-KEY": "ingest-key"}).status_code == 401
         else:
             assert page(server, headers={"X-API-KEY": good}).status_code == 200
+
+
+def test_the_key_is_never_echoed_into_the_page():
+    with CollectorServer(report_keys=["read-key-0123"]) as server:
+        post(server, event("acme-cli", "build", "inst-1", int(time.time()) - 5))
+        opened = page(server, params={"key": "read-key-0123"})
+        refused = page(server, params={"key": "wrong-key-4567"})
+    assert opened.status_code == 200 and "read-key-0123" not in opened.text
+    assert refused.status_code == 401 and "wrong-key-4567" not in refused.text
+    assert opened.headers["Referrer-Policy"] == "no-referrer"  # nor sent on as a referrer
+
+
+def test_a_non_ascii_key_opens_the_dashboard_from_the_address_bar():
+    # A browser sends the typed key as UTF-8, percent-encoded; it must match the configured key.
+    with CollectorServer(report_keys=["clé-ключ"]) as server:
+        assert page(server, params={"key": "clé-ключ"}).status_code == 200
+        assert page(server, params={"key": "clé-клюx"}).status_code == 401
 
 
 # -- a real browser -----------------------------------------------------------------------------

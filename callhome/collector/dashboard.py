@@ -15,12 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import html
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs
 
-from callhome.collector import reports
+from callhome.collector import reports, usage
 
 __all__ = ["DAYS", "HEADERS", "LAST_EVENTS", "MAX_ROWS", "ProductSummary", "parse_user_agent", "render",
            "render_page", "request_key", "summarize", "unauthorized_page"]
@@ -30,6 +31,9 @@ LAST_EVENTS = 20
 #: Records read per page view. The dashboard is for a self-hosted collector's recent weeks; past
 #: this many the page says so (MAU still comes from an exact SQL query, unaffected).
 MAX_ROWS = 100_000
+#: Products shown per page, those with the most records: any holder of an ingest key (which ships
+#: inside products) can invent product ids, and each costs a query and a section.
+MAX_PRODUCTS = 50
 #: Activities drawn one by one; the rest share one "other" band, so the legend stays readable.
 MAX_ACTIVITIES = 7
 OTHER = "(other)"
@@ -45,6 +49,9 @@ HEADERS = {
 }
 # The agent's user agent: "product/1.2 callhome/0.3 (Linux 6.1.0; x86_64) Python/3.11.2".
 _PLATFORM = re.compile(r"\(([^;()]+?)\s+([^;()\s]+);\s*([^;()]+?)\)")
+#: One page is computed at a time: a page at :data:`MAX_ROWS` holds a few hundred MB while it is
+#: built, and concurrent viewers (or a reload loop) must not multiply that.
+_RENDERING = threading.Lock()
 
 Series = Tuple[str, Sequence[int], str]  # (name, one value per day, colour)
 
@@ -64,6 +71,10 @@ class ProductSummary:
     product_versions: Counter = field(default_factory=Counter)  # installations per version
     agent_versions: Counter = field(default_factory=Counter)
     os_mix: Counter = field(default_factory=Counter)
+    # Usage intelligence (issue 6), exact SQL over the window like MAU, not cut by MAX_ROWS:
+    sessions: List[int] = field(default_factory=list)  # sessions ended per day
+    runtime_hours: List[float] = field(default_factory=list)  # their runtime per day
+    top_exceptions: List[Tuple[str, int]] = field(default_factory=list)  # (class, records), most first
 
     @property
     def events_total(self) -> int:
@@ -72,7 +83,8 @@ class ProductSummary:
 
 # -- data ------------------------------------------------------------------------------------------
 def summarize(store: Any, now: float) -> Tuple[List[ProductSummary], bool]:
-    """One summary per product with records in the window, and whether :data:`MAX_ROWS` cut the read."""
+    """One summary per product with records in the window (at most :data:`MAX_PRODUCTS`), and whether
+    the page is incomplete: :data:`MAX_ROWS` cut the read, or products were left out."""
     # ``since`` filters on arrival time; one extra day keeps events that arrived just after midnight.
     rows = store.events(limit=MAX_ROWS + 1, since=now - (DAYS + 1) * reports.DAY)
     truncated = len(rows) > MAX_ROWS
@@ -82,6 +94,9 @@ def summarize(store: Any, now: float) -> Tuple[List[ProductSummary], bool]:
         # A late backlog can carry older events: everything on the page is about the same 30 days.
         if _day_index(row.get("event_at"), first) is not None:
             by_product.setdefault(str(row["product_id"]), []).append(row)
+    if len(by_product) > MAX_PRODUCTS:
+        busiest = sorted(by_product, key=lambda product: (-len(by_product[product]), product))[:MAX_PRODUCTS]
+        by_product, truncated = {product: by_product[product] for product in busiest}, True
     return [_summary(store, product, records, now) for product, records in sorted(by_product.items())], truncated
 
 
@@ -113,7 +128,19 @@ def _summary(store: Any, product: str, rows: List[dict], now: float) -> ProductS
         # by event time: a backlog delivered late must not push the newest usage off the table
         last_events=sorted(rows, key=lambda row: row["event_at"], reverse=True)[:LAST_EVENTS])
     _count_installations(summary, rows)
+    _add_usage_intelligence(store, summary, first)
     return summary
+
+
+def _add_usage_intelligence(store: Any, summary: ProductSummary, first: int) -> None:
+    """Sessions, runtime and exceptions per the Revenera-style reports (:mod:`usage`), so the page and
+    the ``/v3/`` API count the same records the same way."""
+    since, until = first * reports.DAY, (first + DAYS) * reports.DAY - 1
+    sessions = usage.read_sessions(store, summary.product_id, since, until)
+    summary.sessions, hours = usage.per_day_sessions(sessions, first, DAYS)
+    summary.runtime_hours = [round(value, 1) for value in hours]  # one decimal reads well in a tooltip
+    exceptions = usage.read_exceptions(store, summary.product_id, since, until)
+    summary.top_exceptions = usage.exception_counts(exceptions)
 
 
 def _day_index(event_at: Any, first: int) -> Optional[int]:
@@ -136,8 +163,11 @@ def _top_activities(activities: Dict[str, List[int]]) -> Dict[str, List[int]]:
     ranked = sorted(activities.items(), key=lambda item: (-sum(item[1]), item[0]))
     if len(ranked) <= MAX_ACTIVITIES + 1:  # folding a single activity into "other" hides it for nothing
         return dict(ranked)
-    other = [sum(day) for day in zip(*(values for _, values in ranked[MAX_ACTIVITIES:]))]
-    return {**dict(ranked[:MAX_ACTIVITIES]), OTHER: other}
+    shown = dict(ranked[:MAX_ACTIVITIES])
+    # An activity may itself be called "(other)": add to it, never overwrite its counts.
+    folded = shown.pop(OTHER, [0] * DAYS)
+    other = [sum(day) for day in zip(folded, *(values for _, values in ranked[MAX_ACTIVITIES:]))]
+    return {**shown, OTHER: other}
 
 
 def _count_installations(summary: ProductSummary, rows: Iterable[dict]) -> None:
@@ -175,7 +205,9 @@ def _os_label(user_agent: Any) -> Optional[str]:
 def request_key(environ: Dict[str, Any]) -> str:
     """The key a request offers: ``?key=`` (a browser's address bar), else ``Authorization: Bearer``,
     else ``X-API-KEY``."""
-    query = parse_qs(environ.get("QUERY_STRING", ""))
+    # latin-1 keeps each byte of the URL-decoded key as one character, as WSGI does for headers, so
+    # the check sees the key's own bytes (UTF-8 from a browser), whatever its characters.
+    query = parse_qs(environ.get("QUERY_STRING", ""), encoding="latin-1")
     if query.get("key"):
         return query["key"][-1]
     scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
@@ -185,9 +217,10 @@ def request_key(environ: Dict[str, Any]) -> str:
 
 
 def render_page(store: Any, now: float) -> bytes:
-    """The dashboard as UTF-8 bytes."""
-    summaries, truncated = summarize(store, now)
-    return render(summaries, now, truncated).encode("utf-8")
+    """The dashboard as UTF-8 bytes; one page at a time (see :data:`_RENDERING`)."""
+    with _RENDERING:
+        summaries, truncated = summarize(store, now)
+        return render(summaries, now, truncated).encode("utf-8")
 
 
 def unauthorized_page() -> bytes:
@@ -209,8 +242,8 @@ def render(summaries: Sequence[ProductSummary], now: float, truncated: bool = Fa
     nav = "".join(f'<a href="#p{i}">{_e(s.product_id)}</a>' for i, s in enumerate(summaries))
     notes = [f"Generated {generated}. Days are UTC calendar days, counted by event time."]
     if truncated:
-        notes.append(f"Only the newest {MAX_ROWS:,} records were read: charts may be incomplete "
-                     "(MAU is exact).")
+        notes.append(f"This page may be incomplete: it reads at most the newest {MAX_ROWS:,} records and "
+                     f"shows at most the {MAX_PRODUCTS} products with the most of them (MAU is exact).")
     head = (f'<header><h1>callhome collector</h1><nav>{nav}</nav>'
             f'<p class="note">{" ".join(_e(n) for n in notes)}</p></header>')
     sections = "".join(_product_section(i, s) for i, s in enumerate(summaries))
@@ -242,7 +275,42 @@ def _product_section(index: int, summary: ProductSummary) -> str:
             f'<div class="charts"><figure><figcaption>Daily active installations and users</figcaption>'
             f'{active}</figure><figure><figcaption>Events per activity per day</figcaption>{activity}'
             f'</figure></div><div class="shares">{shares}</div>'
+            f'{_usage_block(summary)}'
             f'<h3>Last {LAST_EVENTS} events</h3>{_events_table(summary.last_events)}</section>')
+
+
+def _usage_block(summary: ProductSummary) -> str:
+    """Sessions and runtime per day and the top exceptions; nothing for a product whose agents
+    send neither (older agents), so its section stays as it was."""
+    if not any(summary.sessions) and not summary.top_exceptions:
+        return ""
+    exceptions = sum(count for _, count in summary.top_exceptions)
+    kpis = "".join(_kpi(label, value) for label, value in (
+        (f"Sessions, {DAYS} days", sum(summary.sessions)),
+        (f"Runtime hours, {DAYS} days", round(sum(summary.runtime_hours), 1)),
+        (f"Exceptions, {DAYS} days", exceptions)))
+    sessions = _chart(summary.days, [("sessions", summary.sessions, PALETTE[2])], stacked=True)
+    runtime = _chart(summary.days, [("runtime hours", summary.runtime_hours, PALETTE[4])], stacked=False)
+    return (f'<h3>Sessions, runtime and exceptions</h3><div class="kpis">{kpis}</div>'
+            f'<div class="charts"><figure><figcaption>Sessions per day</figcaption>{sessions}</figure>'
+            f'<figure><figcaption>Runtime hours per day</figcaption>{runtime}</figure></div>'
+            f'{_exceptions_table(summary.top_exceptions)}')
+
+
+def _exceptions_table(top: Sequence[Tuple[str, int]]) -> str:
+    """Exception classes by records, with a bar of their share; past :data:`SHARE_ROWS`, one "(other)"."""
+    total = sum(count for _, count in top)
+    rows = "".join(
+        f'<tr><td class="mono">{_e(name)}</td><td class="n">{count:,}</td><td class="bar"><span style="width:'
+        f'{100 * count / max(total, 1):.0f}%"></span></td></tr>' for name, count in top[:SHARE_ROWS])
+    rest = sum(count for _, count in top[SHARE_ROWS:])
+    if rest:
+        rows += f'<tr><td>{_e(OTHER)}</td><td class="n">{rest:,}</td><td></td></tr>'
+    if not top:
+        rows = '<tr><td class="empty" colspan="3">No exceptions.</td></tr>'
+    return (f'<table class="exceptions"><caption>Top exceptions, {DAYS} days</caption><thead><tr>'
+            f'<th>exception class</th><th class="n">records</th><th></th></tr></thead>'
+            f'<tbody>{rows}</tbody></table>')
 
 
 def _kpi(label: str, value: int) -> str:

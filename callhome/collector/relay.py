@@ -13,14 +13,15 @@ Reo resolves the address to a company and a private address would only mislead i
 
 from __future__ import annotations
 
-import collections
 import ipaddress
 import logging
+import sys
 import threading
 import time
 from typing import Any
 
-__all__ = ["PRODUCT_ID", "Relay", "client_address", "default_dir", "public_address", "read_key_file"]
+__all__ = ["MAX_MEMORY_BYTES", "MAX_MEMORY_RECORDS", "PRODUCT_ID", "Relay", "check_key", "client_address",
+           "default_dir", "public_address", "read_key_file"]
 
 logger = logging.getLogger("callhome.collector")
 
@@ -30,23 +31,38 @@ PRODUCT_ID = "callhome-relay"
 INTERVAL = 1.0
 #: The queue's file names cap the attempt counter at 99; a larger limit means "never give up".
 _NEVER_GIVE_UP = 10 ** 6
-#: Records kept in memory when the queue's disk refuses a write, retried every cycle.
-_MAX_UNQUEUED = 10000
+#: Records held in memory while the queue's directory refuses writes (retried every cycle, and at
+#: close). Past either bound a record is refused and counted as ``dropped.memory_full``: the
+#: collector's memory must stay bounded whatever happens to its disk.
+MAX_MEMORY_RECORDS = 10000
+MAX_MEMORY_BYTES = 32 * 1024 * 1024
+#: Printable ASCII without spaces: the key goes out as an HTTP header, so a stray second line or a
+#: non-ASCII character would make every request fail (or, with a line break, inject a header).
+_KEY_CHARACTERS = frozenset(chr(code) for code in range(0x21, 0x7F))
 
 
 def read_key_file(path: str) -> str:
     """The upstream key stored in ``path``, without surrounding whitespace.
 
-    :raises ValueError: when the file cannot be read or is empty (the message never shows the key).
+    :raises ValueError: when the file cannot be read, is empty or holds more than one key; the
+        message shows neither the key nor ``path`` (a key typed where its file's path belongs must
+        not end up on the terminal or in a service's journal).
     """
     try:
         with open(path, encoding="utf-8") as f:
             key = f.read().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the upstream key file {path}: {exc.__class__.__name__}") from None
-    if not key:
-        raise ValueError(f"the upstream key file {path} is empty")
+        raise ValueError(f"cannot read the upstream key file ({exc.__class__.__name__})") from None
+    check_key(key)
     return key
+
+
+def check_key(key: str | None) -> None:
+    """:raises ValueError: unless ``key`` can be sent as an ``X-API-KEY`` header (never shows it)."""
+    if not key:
+        raise ValueError("the upstream key is empty")
+    if not set(key) <= _KEY_CHARACTERS:
+        raise ValueError("the upstream key must be one line of printable ASCII without spaces")
 
 
 def default_dir(db_path: str) -> str:
@@ -65,19 +81,34 @@ def client_address(environ: dict[str, Any], trust_proxy: int = 0) -> str | None:
     Each trusted proxy appends the address it received the request from, so the client is the
     ``trust_proxy``-th entry from the right; anything further left was written by the client
     itself and proves nothing. Too few entries means the request skipped a proxy: no address.
+    Some proxies write ``address:port``; the port is dropped.
     """
     if trust_proxy <= 0:
         return environ.get("REMOTE_ADDR") or None
     hops = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
-    return hops[-trust_proxy] if len(hops) >= trust_proxy else None
+    return _without_port(hops[-trust_proxy]) if len(hops) >= trust_proxy else None
+
+
+def _without_port(hop: str) -> str:
+    """``192.0.2.1:443`` -> ``192.0.2.1``, ``[2001:db8::1]:443`` -> ``2001:db8::1``; else unchanged."""
+    if hop.startswith("["):
+        return hop[1:].partition("]")[0]
+    host, colon, port = hop.partition(":")
+    return host if colon and "." in host and port.isdigit() else hop
 
 
 def public_address(address: str | None) -> str | None:
-    """``address`` if it is a globally routable IP address, else None (private, loopback, link-local...)."""
+    """``address`` if it is a globally routable IP address, else None (private, loopback, link-local...).
+
+    An IPv4 client of a dual-stack listener (``--host ::``) shows up as ``::ffff:a.b.c.d``: that
+    is judged, and returned, as the IPv4 address it carries.
+    """
     try:
         parsed = ipaddress.ip_address((address or "").strip())
     except ValueError:
         return None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
     return str(parsed) if parsed.is_global else None
 
 
@@ -85,11 +116,12 @@ class Relay:
     """Forwards records to ``endpoint`` with ``api_key`` from a queue under ``directory``; thread-safe.
 
     :meth:`submit` persists a record and wakes the background thread, which runs one delivery
-    cycle per wake-up or per :data:`INTERVAL`. :meth:`close` stops the thread; what was not
+    cycle per wake-up or per :data:`INTERVAL`. If the directory refuses a write, the record is held
+    in memory (bounded, counted, shown by :meth:`status`) and written as soon as the directory
+    takes it again. :meth:`close` stops the thread and writes what memory holds; what was not
     delivered stays on disk and goes out after the next start.
 
-    :raises ValueError: for an unusable endpoint.
-    :raises OSError: when the queue directory cannot be created.
+    :raises ValueError: for an unusable endpoint or key, or a queue directory that cannot be created.
     """
 
     def __init__(self, endpoint: str, api_key: str, directory: str, interval: float = INTERVAL) -> None:
@@ -97,13 +129,24 @@ class Relay:
         from callhome.delivery import Sender
         from callhome.queue import DiskQueue
 
+        check_key(api_key)
         self.config = _config(endpoint, api_key)
         self.directory = directory
         self.interval = interval
-        self.queue = DiskQueue(directory).open()
+        try:
+            self.queue = DiskQueue(directory).open()
+        except OSError as exc:  # refused like any other bad setting, and said as what it is
+            raise ValueError(f"cannot create the relay queue in {directory} ({_reason(exc)})") from None
+        # Nothing else sweeps tmp/ for a relay: drop writes a crash left there (nothing is pruned).
+        self.queue.prune(time.time(), sys.maxsize, sys.maxsize, float("inf"))
         self.counters = Counters()
         self.sender = Sender(self.queue, self.counters, honour_opt_outs=False)
-        self._unqueued: collections.deque = collections.deque(maxlen=_MAX_UNQUEUED)
+        # Requests arrive on many threads, and DiskQueue.put (built for one worker thread) would
+        # give two of them the same temporary file name: every write goes through this lock.
+        self._lock = threading.Lock()
+        self._memory: list = []  # framed records the directory refused, oldest first
+        self._memory_bytes = 0
+        self.disk_error: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="callhome-relay", daemon=True)
@@ -114,39 +157,83 @@ class Relay:
 
     def submit(self, kind: str, payload: dict) -> None:
         """Queue one accepted record for the upstream, with its own ``event_id``, and wake the sender."""
-        record = {"v": 1, "kind": kind, "payload": payload}
-        if not self._persist([record]):
-            # The collector already stored and acknowledged it: keep it in memory rather than lose it.
-            self._unqueued.append(record)
+        from callhome.queue import frame
+
+        line = frame({"v": 1, "kind": kind, "payload": payload})
+        with self._lock:
+            if not self._put([line]):
+                # The collector already stored and acknowledged it: hold it rather than lose it.
+                self._hold(line)
         self._wake.set()
 
     def status(self) -> dict:
-        """What the relay is doing: the Sender's state, records waiting, and the delivery counters."""
+        """What the relay is doing: the Sender's state, records waiting (``memory`` of them only in
+        memory), whether the queue's directory takes writes (``disk``), and the delivery counters."""
         waiting, _ = self.queue.depth()
-        return {"upstream": self.config.endpoint, "state": self.sender.state,
-                "waiting": waiting + len(self._unqueued), "counters": self.counters.snapshot()}
+        with self._lock:
+            memory, disk_error = len(self._memory), self.disk_error
+        return {"upstream": self.config.endpoint, "state": self.sender.state, "waiting": waiting + memory,
+                "memory": memory, "disk": "ok" if disk_error is None else f"failing: {disk_error}",
+                "counters": self.counters.snapshot()}
 
     def wake(self) -> None:
         """Run a delivery cycle now rather than at the next interval."""
         self._wake.set()
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the background thread (a request on the wire may finish first); idempotent."""
+        """Stop the background thread (a request on the wire may finish first), then write what
+        memory holds to the queue: what still cannot be written is counted and logged; idempotent."""
         self._stop.set()
         self._wake.set()
         self._thread.join(2 * self.config.timeout + 1 if timeout is None else timeout)
         self.sender.close()
+        with self._lock:
+            self._write_memory()
+            lost, self._memory, self._memory_bytes = len(self._memory), [], 0
+        if lost:
+            self.counters.add("dropped.shutdown", lost)
+            logger.error("relay: %d records held in memory could not be written to %s and are lost",
+                         lost, self.directory)
 
-    def _persist(self, records: list) -> bool:
-        from callhome.queue import frame
-
+    def _put(self, lines: list) -> bool:
+        """Publish ``lines`` on disk (the caller holds the lock); False when the directory refuses."""
         try:
-            self.queue.put([frame(record) for record in records], time.time())
+            self.queue.put(lines, time.time())
         except OSError as exc:
-            logger.error("relay: cannot write the relay queue in %s (%s); keeping records in memory",
-                         self.directory, exc.__class__.__name__)
+            if self.disk_error is None:  # once per episode, not once per record
+                logger.error("relay: cannot write the relay queue in %s (%s); holding records in memory "
+                             "(at most %d)", self.directory, _reason(exc), MAX_MEMORY_RECORDS)
+            self.disk_error = _reason(exc)
             return False
+        if self.disk_error is not None:
+            logger.warning("relay: the relay queue in %s takes writes again", self.directory)
+            self.disk_error = None
         return True
+
+    def _hold(self, line: bytes) -> None:
+        """Keep a record the directory refused, within the bounds (the caller holds the lock)."""
+        if len(self._memory) >= MAX_MEMORY_RECORDS or self._memory_bytes + len(line) > MAX_MEMORY_BYTES:
+            if not self.counters.get("dropped.memory_full"):
+                logger.error("relay: the relay queue's disk is failing and memory is full; dropping records")
+            self.counters.add("dropped.memory_full")
+            return
+        self._memory.append(line)
+        self._memory_bytes += len(line)
+
+    def _write_memory(self) -> None:
+        """Move held records to disk, a batch at a time, oldest first (the caller holds the lock).
+
+        A batch leaves memory only once it is published, so a failure halfway neither loses a
+        record nor writes one twice.
+        """
+        from callhome.queue import MAX_BATCH
+
+        while self._memory:
+            batch = self._memory[:MAX_BATCH]
+            if not self._put(batch):
+                return
+            del self._memory[:len(batch)]
+            self._memory_bytes -= sum(map(len, batch))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -157,15 +244,18 @@ class Relay:
             self._cycle()
 
     def _cycle(self) -> None:
-        if self._unqueued:
-            records = list(self._unqueued)
-            if self._persist(records):
-                for _ in records:
-                    self._unqueued.popleft()
+        with self._lock:
+            if self._memory:
+                self._write_memory()
         try:
             self.sender.run(self.config, force=False, between=lambda: 0, stopping=self._stop.is_set)
         except Exception as exc:  # the relay thread must outlive any one bad cycle
             logger.warning("relay: delivery cycle failed: %s", exc.__class__.__name__)
+
+
+def _reason(exc: OSError) -> str:
+    """``PermissionError: Permission denied``: why, without a long path or anything else."""
+    return f"{exc.__class__.__name__}: {exc.strerror or exc}"
 
 
 def _config(endpoint: str, api_key: str):
