@@ -26,7 +26,11 @@ __all__ = ["Agent"]
 
 
 def _guarded(method):
-    """Never let an error reach the host, except a ValueError/TypeError it asked for with ``strict``."""
+    """Never let an error reach the host, except a ValueError/TypeError it asked for with ``strict``.
+
+    A refused call returns what "not done" means for the method: False for those returning a bool.
+    """
+    refused = False if method.__annotations__.get("return") in ("bool", bool) else None
 
     def guarded(self, *args, **kwargs):
         try:
@@ -37,7 +41,7 @@ def _guarded(method):
             self.counters.add("dropped.invalid")
         except Exception:
             self.counters.add("internal_errors")
-        return None
+        return refused
 
     guarded.__name__, guarded.__qualname__, guarded.__doc__ = method.__name__, method.__qualname__, method.__doc__
     guarded.__wrapped__ = method  # as functools.wraps would (not imported: it costs the host's import)
@@ -73,7 +77,8 @@ class Agent:
         self._exit_hooked = False
         self._closed = False
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_weak_call(self, "_after_fork"))
+            os.register_at_fork(before=_weak_call(self, "_before_fork"),
+                                after_in_child=_weak_call(self, "_after_fork"))
         if product_id is not None:
             self.init(product_id=product_id, **options)
 
@@ -267,7 +272,7 @@ class Agent:
     @_guarded
     def start_session(self, session_id: str) -> bool:
         """Open an explicit session (10–64 characters, unique); True when opened."""
-        if not self._tracking():
+        if not (self._tracking() and self.config.sessions):
             return False
         self._start_session(clean_session_id(session_id), "explicit")
         return True
@@ -275,7 +280,7 @@ class Agent:
     @_guarded
     def end_session(self, session_id: str) -> bool:
         """Close an explicit session: its record (activity ``session_activity``) is queued."""
-        if not self._tracking():
+        if not (self._tracking() and self.config.sessions):
             return False
         session_id = clean_session_id(session_id)
         kind, start = self.sessions.end(session_id)
@@ -481,6 +486,13 @@ class Agent:
         except Exception:
             pass  # never a traceback at the host's exit
 
+    def _before_fork(self) -> None:
+        # A worker thread that is still importing its modules holds their import locks, which a
+        # child would inherit held: its first use of them (at the latest its exit hook) would hang.
+        thread = self._thread
+        if thread is not None and thread.is_alive() and not self._worker_ready.is_set():
+            self._worker_ready.wait(1.0)
+
     def _after_fork(self) -> None:
         # The parent owns the records it buffered and its threads are gone here: start clean.
         OWN_THREADS.clear()
@@ -569,10 +581,12 @@ class _SessionScope:
     def __init__(self, agent: Agent, session_id: str | None) -> None:
         self.agent = agent
         self.session_id = new_event_id() if session_id is None else session_id
+        self.started = False
 
     def __enter__(self) -> str:
-        self.agent.start_session(self.session_id)
+        self.started = bool(self.agent.start_session(self.session_id))
         return self.session_id
 
     def __exit__(self, *exc_info: object) -> None:
-        self.agent.end_session(self.session_id)
+        if self.started:  # a refused id (a duplicate, say) must not end the session that holds it
+            self.agent.end_session(self.session_id)

@@ -34,12 +34,15 @@ def exception_meta(exc: BaseException, handled: bool, with_message: bool) -> dic
 
 
 def _frames(tb) -> list[tuple[str, int, str]]:
-    frames = []
-    while tb is not None and len(frames) < 1000:
+    """Outermost to innermost; of a very deep stack the innermost 1000 (where it was raised)."""
+    from collections import deque
+
+    frames: deque = deque(maxlen=1000)
+    while tb is not None:
         code = tb.tb_frame.f_code
         frames.append((os.path.basename(code.co_filename) or "?", tb.tb_lineno or 0, code.co_name))
         tb = tb.tb_next
-    return frames
+    return list(frames)
 
 
 def _stack(frames: list[tuple[str, int, str]]) -> str:

@@ -79,8 +79,8 @@ def _abandoned(name: str, journal: dict, stale_after: float, now: float) -> bool
         pid, beat = int(journal["pid"]), float(journal["beat"])
     except (KeyError, TypeError, ValueError):
         return True  # unreadable: nothing to close, but the file should go
-    if pid == os.getpid():
-        return False
+    if pid == os.getpid():  # ours, or an earlier run's that had our pid (a container's pid 1)
+        return now - beat > stale_after
     return not _alive(pid) or now - beat > stale_after
 
 

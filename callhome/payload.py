@@ -106,7 +106,7 @@ def clean_name(name: object, problems: list, what: str = "category") -> str:
     cleaned = _one_line(name, len(name))
     if "  " in cleaned or "\t" in cleaned or not cleaned.isprintable():
         cleaned = " ".join(cleaned.split())
-    cleaned = cleaned[:MAX_ACTIVITY]
+    cleaned = cleaned[:MAX_ACTIVITY].rstrip()  # a cut may end on the space between two words
     if cleaned != name:
         problems.append(f"{what} {name[:40]!r} trimmed")
     return cleaned

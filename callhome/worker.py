@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from . import choices, identity, journal
+from . import choices, identity, journal, properties
 from ._fs import product_dir
 from ._log import logger
 from .buffer import OWN_THREADS
@@ -66,6 +66,7 @@ class Worker:
         self.refused = None  # the Decision, when the saved choices turned telemetry off
         self._detected: dict | None = None  # client properties, detected once
         self._journaled = (-1, 0.0)  # (sessions version, time) of the last journal write
+        self._recovered = False  # whether this process looked for crashed processes' sessions
 
     # -- called from the host's threads ------------------------------------------------------
     def wake(self) -> None:
@@ -129,6 +130,7 @@ class Worker:
         finally:
             self._setup_lock.release()
         if self.refused is None:
+            self._guard(self._recover_sessions)  # a short run: the thread may not have got to it
             self.persist()
             if self.agent.counter:
                 self._merge_counts(LOCAL_EXIT_BUDGET)
@@ -341,12 +343,20 @@ class Worker:
                     and not self._stopping)
 
     def _recover_sessions(self) -> None:
-        """Close the sessions of processes that died without their exit hook, at their last heartbeat."""
-        if not self._journal_enabled():
+        """Close the sessions of processes that died without their exit hook, at their last heartbeat.
+
+        Once per process: when the thread starts, or at exit if the run was too short for that.
+        """
+        if not (self.agent.config.sessions and self.directory and self.disk_error is None):
             return
-        stale = 3 * self.agent.config.heartbeat_interval + 60
-        for session_id, kind, start, beat in journal.recover(self.directory, stale, time.time()):
-            self.agent.accept_session(session_id, kind, start, beat, "recovered")
+        # under the persist lock: exit persists the claimed sessions, which are only in memory now
+        with self._put_lock:
+            if self._recovered:
+                return
+            self._recovered = True
+            stale = 3 * self.agent.config.heartbeat_interval + 60
+            for session_id, kind, start, beat in journal.recover(self.directory, stale, time.time()):
+                self.agent.accept_session(session_id, kind, start, beat, "recovered")
         self._journal_sessions()
 
     def _journal_sessions(self) -> None:
@@ -368,9 +378,7 @@ class Worker:
 
     def _client_properties(self) -> dict:
         if self._detected is None:
-            from .properties import detected
-
-            self._detected = detected(self.agent.decision.is_ci)
+            self._detected = properties.detected(self.agent.decision.is_ci)
         return self.agent.client_properties(self._detected)
 
     # -- aggregates --------------------------------------------------------------------------
