@@ -220,7 +220,7 @@ class Agent:
             name = clean_activity(activity, problems)
             extra = clean_meta(meta, problems)
             if category is not None:
-                category = clean_name(category, problems)
+                category = _category(category, problems)
                 if category:
                     extra["category"] = category
         except Rejected as exc:
@@ -561,6 +561,15 @@ class Agent:
         }
         report["held"] = report["queued"] if report["state"].startswith("held") else 0
         return report
+
+
+def _category(category: object, problems: list) -> str:
+    """The cleaned category; an unusable one is left out (and counted), the event is still sent."""
+    try:
+        return clean_name(category, problems)
+    except Rejected as exc:
+        problems.append(f"{exc}; the event is sent without it")
+        return ""
 
 
 def _weak_call(obj: object, name: str):

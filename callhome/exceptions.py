@@ -23,9 +23,9 @@ def exception_meta(exc: BaseException, handled: bool, with_message: bool) -> dic
     kind = type(exc)
     module = getattr(kind, "__module__", "") or ""
     name = kind.__qualname__ if module in ("builtins", "") else f"{module}.{kind.__qualname__}"
-    meta = {"record_type": "exception", "exception_class": name[:128], "handled": handled,
-            "stack": _stack(frames)}
-    if frames:
+    meta = {"record_type": "exception", "exception_class": name[:128], "handled": handled}
+    if frames:  # an exception never raised has none
+        meta["stack"] = _stack(frames)
         filename, line, function = frames[-1]
         meta.update(exception_function=function[:128], exception_file=filename, exception_line=line)
     if with_message:
@@ -34,25 +34,33 @@ def exception_meta(exc: BaseException, handled: bool, with_message: bool) -> dic
 
 
 def _frames(tb) -> list[tuple[str, int, str]]:
-    """Outermost to innermost; of a very deep stack the innermost 1000 (where it was raised)."""
+    """Outermost to innermost; of a very deep stack the innermost ones (where it was raised),
+    as many as a full ``stack`` can show (a frame takes at least 8 characters)."""
     from collections import deque
 
-    frames: deque = deque(maxlen=1000)
+    frames: deque = deque(maxlen=MAX_STACK // 8)
     while tb is not None:
-        code = tb.tb_frame.f_code
-        frames.append((os.path.basename(code.co_filename) or "?", tb.tb_lineno or 0, code.co_name))
+        frames.append((tb.tb_frame.f_code, tb.tb_lineno))
         tb = tb.tb_next
-    return list(frames)
+    return [(os.path.basename(code.co_filename) or "?", line or 0, code.co_name) for code, line in frames]
 
 
 def _stack(frames: list[tuple[str, int, str]]) -> str:
-    """Outermost to innermost; when too long the outermost frames go (the innermost explain most)."""
-    parts = [f"{filename}:{line} in {function}" for filename, line, function in frames]
-    text = _SEPARATOR.join(parts)
-    while len(text) > MAX_STACK and len(parts) > 1:
-        parts.pop(0)
-        text = "..." + _SEPARATOR + _SEPARATOR.join(parts)
-    return text[-MAX_STACK:]
+    """Outermost to innermost; when too long the outermost frames go (the innermost explain most).
+
+    Built from the innermost end, stopping once full: a deep recursion costs the host's thread
+    no more than a shallow one.
+    """
+    parts: list[str] = []
+    size = 0
+    for filename, line, function in reversed(frames):
+        part = f"{filename}:{line} in {function}"
+        if parts and size + len(_SEPARATOR) + len(part) > MAX_STACK - len("..." + _SEPARATOR):
+            parts.append("...")
+            break
+        parts.append(part)
+        size += len(part) + len(_SEPARATOR)
+    return _SEPARATOR.join(reversed(parts))[-MAX_STACK:]
 
 
 def _message(exc: BaseException) -> str:

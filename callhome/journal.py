@@ -41,19 +41,21 @@ def remove_journal(directory: str, name: str) -> None:
     unlink_quietly(journal_path(directory, name))
 
 
-def recover(directory: str, stale_after: float, now: float) -> list[tuple[str, str, float, float]]:
-    """Claim the journals of dead processes; their sessions as ``[(id, kind, start, last beat)]``.
+def recover(directory: str, stale_after: float, now: float) -> tuple[list, list]:
+    """Claim the journals of dead processes: ``([(id, kind, start, last beat)], claimed paths)``.
 
     A journal is abandoned when its process is gone, or when its heartbeat is older than
     ``stale_after`` (a pid reused by an unrelated process, or a frozen one). Claiming is a
-    rename, so of several processes starting together exactly one closes each session.
+    rename, so of several processes starting together exactly one closes each session. The
+    caller deletes the claimed files once their sessions are queued on disk: a claimer killed
+    before that leaves them for the next process (session records have deterministic ids).
     """
     folder = os.path.join(directory, _JOURNAL_DIR)
     try:
         names = os.listdir(folder)
     except OSError:
-        return []
-    found = []
+        return [], []
+    found, claimed_paths = [], []
     for name in names:
         path = os.path.join(folder, name)
         if not (name.endswith(".json") or _CLAIMED in name):
@@ -67,8 +69,8 @@ def recover(directory: str, stale_after: float, now: float) -> list[tuple[str, s
         except OSError:
             continue  # another process claimed it first
         found.extend(_sessions_of(journal))
-        unlink_quietly(claimed)
-    return found
+        claimed_paths.append(claimed)
+    return found, claimed_paths
 
 
 def _abandoned(name: str, journal: dict, stale_after: float, now: float) -> bool:

@@ -14,7 +14,7 @@ import threading
 import time
 
 from . import choices, identity, journal, properties
-from ._fs import product_dir
+from ._fs import product_dir, unlink_quietly
 from ._log import logger
 from .buffer import OWN_THREADS
 from .delivery import Sender
@@ -355,8 +355,14 @@ class Worker:
                 return
             self._recovered = True
             stale = 3 * self.agent.config.heartbeat_interval + 60
-            for session_id, kind, start, beat in journal.recover(self.directory, stale, time.time()):
+            found, claimed = journal.recover(self.directory, stale, time.time())
+            for session_id, kind, start, beat in found:
                 self.agent.accept_session(session_id, kind, start, beat, "recovered")
+        if claimed:
+            self.persist()
+            if self.disk_error is None:  # on disk now: the claimed journals can go
+                for path in claimed:
+                    unlink_quietly(path)
         self._journal_sessions()
 
     def _journal_sessions(self) -> None:

@@ -100,6 +100,7 @@ def test_track_exception_given_an_exception(make_agent, collector):
     assert key_error["exception_function"] == "test_track_exception_given_an_exception"
     assert key_error["handled"] is True
     assert "exception_function" not in records["FileNotFoundError"]["meta"]  # it has no traceback
+    assert "stack" not in records["FileNotFoundError"]["meta"]  # no empty-string placeholder either
 
 
 def test_track_exception_outside_an_except_block(make_agent, collector):

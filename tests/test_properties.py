@@ -236,6 +236,16 @@ def test_categories(make_agent, collector, given, expected):
     assert ("category" in record["meta"]) == (expected is not None)
 
 
+def test_an_unusable_category_is_left_out_and_the_event_still_sent(make_agent, collector):
+    agent = make_agent()
+    event_id = agent.track("export", category=42)
+    assert event_id
+    assert agent.flush(10)
+    (record,) = payloads(collector)
+    assert record["event_id"] == event_id and "category" not in record["meta"]
+    assert any("category" in problem for problem in agent.status()["problems"])
+
+
 def test_activity_names_are_conditioned_like_categories(make_agent, collector):
     agent = make_agent()
     names = {"  open\t\tfile  ": "open file", "a" * 127 + " b": "a" * 127, "x\u3000\u3000y": "x y"}
