@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Tuple
 from urllib.parse import parse_qs
 
 from callhome import schema
-from callhome.collector import dashboard, reports
+from callhome.collector import dashboard, reports, revenera
 from callhome.collector.faults import AbortConnection, Fault, FaultInjection
 from callhome.collector.relay import Relay, client_address, default_dir, public_address
 from callhome.collector.store import KINDS, Store
@@ -79,7 +79,8 @@ class CollectorApp(FaultInjection):
 
     def __init__(self, store: Store, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
                  strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = (), *,
-                 relay: Relay | None = None, trust_proxy: int = 0) -> None:
+                 relay: Relay | None = None, trust_proxy: int = 0,
+                 report_users: Iterable[Tuple[str, str]] = ()) -> None:
         if max_body < 1:
             raise ValueError("max_body must be positive")
         super().__init__()
@@ -96,6 +97,8 @@ class CollectorApp(FaultInjection):
         #: a :class:`~callhome.collector.relay.Relay` forwarding new records upstream, or None
         self.relay = relay
         self.trust_proxy = max(int(trust_proxy), 0)
+        #: the Revenera-style Reporting API under /v3/ (cookie sessions of ``report_users``)
+        self.revenera = revenera.Reporting(store, report_users, max_body, self.api_keys)
         self._views = {"/events": self._events_view, "/stats": self._stats_view,
                        "/healthz": self._health_view, "/": self._dashboard_view,
                        "/dashboard": self._dashboard_view}
@@ -144,6 +147,8 @@ class CollectorApp(FaultInjection):
             return self._ingest(environ, _INGEST[path]) if method == "POST" else _not_allowed("POST")
         if path == REPORT_PATH or path.startswith(_REST_PREFIX):
             return self._report(environ, path, method)
+        if path.startswith(revenera.PREFIX):
+            return self.revenera.handle(environ, path, method)
         view = self._views.get(path)
         if view is None:
             return _failure(404, f"No such endpoint: {path}")
@@ -264,7 +269,7 @@ class CollectorApp(FaultInjection):
 def make_app(store: Store | str, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
              strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = (), *,
              relay_to: str | None = None, upstream_key: str | None = None, relay_dir: str | None = None,
-             trust_proxy: int = 0) -> CollectorApp:
+             trust_proxy: int = 0, report_users: Iterable[Tuple[str, str]] = ()) -> CollectorApp:
     """The collector as a WSGI application; ``store`` is a :class:`Store` or a database path.
 
     :param api_keys: accepted ``X-API-KEY`` values; empty accepts any request.
@@ -279,9 +284,12 @@ def make_app(store: Store | str, api_keys: Iterable[str] = (), max_body: int = D
         with ``upstream_key``, through a queue in ``relay_dir`` (default: ``<database>.relay``).
     :param trust_proxy: how many proxies in front of the collector append to ``X-Forwarded-For``;
         the client address (``fill_ip_addr``) is then read from there instead of the TCP peer.
+    :param report_users: ``(name, password)`` pairs who may log in to the Revenera-style Reporting
+        API under ``/v3/`` (see :mod:`callhome.collector.revenera`); none refuses every report (401).
     """
     store = Store(store) if isinstance(store, str) else store
-    app = CollectorApp(store, api_keys, max_body, strict, fill_ip_addr, report_keys, trust_proxy=trust_proxy)
+    app = CollectorApp(store, api_keys, max_body, strict, fill_ip_addr, report_keys, trust_proxy=trust_proxy,
+                       report_users=report_users)
     if relay_to:  # last: the relay starts a thread, which nothing would stop if the app were refused
         app.relay = _relay(store, app.api_keys, relay_to, upstream_key, relay_dir)
     return app

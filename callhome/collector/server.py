@@ -13,11 +13,12 @@ import socket
 import socketserver
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Tuple
 
 from callhome.collector._gateway import WSGIRequestHandler
 from callhome.collector.app import DEFAULT_MAX_BODY, CollectorApp, make_app
 from callhome.collector.relay import read_key_file
+from callhome.collector.revenera import parse_report_user
 from callhome.collector.store import Store
 
 __all__ = ["CollectorServer", "add_arguments", "main", "run", "serve"]
@@ -67,7 +68,7 @@ class CollectorServer:
     """The collector on a background daemon thread; a context manager. ``port=0`` picks a free port.
 
     ``db``, ``api_keys``, ``max_body``, ``strict``, ``fill_ip_addr``, ``report_keys`` and the relay's
-    ``relay_to``, ``upstream_key``, ``relay_dir`` and ``trust_proxy`` build the app (see
+    ``relay_to``, ``upstream_key``, ``relay_dir``, ``trust_proxy`` and ``report_users`` build the app (see
     :func:`~callhome.collector.app.make_app`) when ``app`` is not given.
     :meth:`stop` leaves the store open, so what was received can still be read afterwards; it stops
     the relay's thread, leaving what it did not deliver in its queue.
@@ -77,10 +78,12 @@ class CollectorServer:
                  port: int = 0, db: str = ":memory:", api_keys: Sequence[str] = (), *,
                  max_body: int = DEFAULT_MAX_BODY, strict: bool = True, fill_ip_addr: bool = False,
                  verbose: bool = False, report_keys: Sequence[str] = (), relay_to: str | None = None,
-                 upstream_key: str | None = None, relay_dir: str | None = None, trust_proxy: int = 0) -> None:
+                 upstream_key: str | None = None, relay_dir: str | None = None, trust_proxy: int = 0,
+                 report_users: Sequence[Tuple[str, str]] = ()) -> None:
         self.app = app if app is not None else make_app(
             Store(db), api_keys, max_body, strict, fill_ip_addr, report_keys, relay_to=relay_to,
-            upstream_key=upstream_key, relay_dir=relay_dir, trust_proxy=trust_proxy)
+            upstream_key=upstream_key, relay_dir=relay_dir, trust_proxy=trust_proxy,
+            report_users=report_users)
         self.store: Store | None = getattr(self.app, "store", None)  # None for a foreign WSGI app
         try:
             self._server = _HTTPServer((host, port), self.app, verbose)
@@ -135,7 +138,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, db: str = "callhome-events.
           api_keys: Sequence[str] = (), verbose: bool = False, *, max_body: int = DEFAULT_MAX_BODY,
           strict: bool = True, fill_ip_addr: bool = False, report_keys: Sequence[str] = (),
           relay_to: str | None = None, upstream_key: str | None = None, relay_dir: str | None = None,
-          trust_proxy: int = 0) -> None:
+          trust_proxy: int = 0, report_users: Sequence[Tuple[str, str]] = ()) -> None:
     """Run the collector in the foreground until SIGINT or SIGTERM.
 
     Warnings and errors go to stderr; with ``verbose``, one line per request too.
@@ -144,7 +147,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, db: str = "callhome-events.
     server = CollectorServer(host=host, port=port, db=db, api_keys=api_keys, max_body=max_body,
                              strict=strict, fill_ip_addr=fill_ip_addr, verbose=verbose,
                              report_keys=report_keys, relay_to=relay_to, upstream_key=upstream_key,
-                             relay_dir=relay_dir, trust_proxy=trust_proxy)
+                             relay_dir=relay_dir, trust_proxy=trust_proxy, report_users=report_users)
     stop = threading.Event()
     previous = _on_signals(lambda *_: stop.set())
     try:
@@ -187,6 +190,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--report-key", dest="report_keys", action="append", default=[], metavar="KEY",
                         help="accept this Authorization: Bearer key on POST /rest/v3/telemetry/report "
                              "(repeatable); without any, reports answer 401 to everyone")
+    parser.add_argument("--report-user", dest="report_users", action="append", default=[],
+                        type=_report_user, metavar="NAME:PASSWORD",
+                        help="let NAME log in to the Revenera-style Reporting API under /v3/ "
+                             "(repeatable); without any, /v3/ reports answer 401. Other local users can "
+                             "see a command line: on a shared machine, keep the collector's command in a "
+                             "file only you can read")
     parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES",
                         help="refuse larger request bodies with 413 (default: %(default)s)")
     parser.add_argument("--lenient", action="store_true",
@@ -197,6 +206,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _add_relay_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true", help="log every request to stderr")
     return parser
+
+
+def _report_user(text: str) -> Tuple[str, str]:
+    try:
+        return parse_report_user(text)
+    except ValueError as exc:  # the message, never the value: it holds a password
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_relay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         serve(host=args.host, port=args.port, db=args.db, api_keys=args.api_keys, verbose=args.verbose,
               max_body=args.max_body, strict=not args.lenient,
               fill_ip_addr=args.fill_ip_addr or bool(args.relay_to), report_keys=args.report_keys,
-              **_relay_options(args))
+              report_users=args.report_users, **_relay_options(args))
     except OSError as exc:
         print(f"callhome collector: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
