@@ -215,10 +215,9 @@ def test_memory_is_bounded_counted_and_written_at_close(upstream, relay_dir, mon
     relay = Relay(upstream.url, UPSTREAM_KEY, relay_dir, interval=3600)  # cycles only when woken
     repair = break_queue(relay_dir)
     sent = [usage(ip_addr=CLIENT) for _ in range(5)]
-    for payload in sent:
-        relay.submit("usage", payload)
+    assert [relay.submit("usage", payload) for payload in sent] == [True, True, True, False, False]
     status = relay.status()
-    assert status["memory"] == 3 and status["counters"]["dropped.memory_full"] == 2
+    assert status["memory"] == 3 and status["counters"]["refused.memory_full"] == 2
     repair()
     relay.close()  # nothing woke the thread since the repair: close itself writes memory to disk
     assert DiskQueue(relay_dir).depth()[0] == 3 and "dropped.shutdown" not in relay.status()["counters"]
@@ -228,6 +227,21 @@ def test_memory_is_bounded_counted_and_written_at_close(upstream, relay_dir, mon
     finally:
         again.close()
     assert set(upstream_payloads(upstream)) == {payload["event_id"] for payload in sent[:3]}
+
+
+def test_a_full_relay_refuses_with_503_so_the_agent_keeps_the_record(make_relay, monkeypatch):
+    monkeypatch.setattr(relay_module, "MAX_MEMORY_RECORDS", 1)
+    relay = make_relay()
+    repair = break_queue(relay.app.relay.directory)
+    first, second = usage(), usage()
+    assert post(relay, first).status_code == 200  # held in memory
+    refused = post(relay, second)
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    # not stored either (the relay queues before the store): the retry is new, and forwarded
+    assert relay.store.count() == 1
+    repair()
+    assert post(relay, second).status_code == 200
+    assert relay.store.count() == 2
 
 
 def test_sigterm_during_a_hanging_upstream_request_stops_in_time_and_loses_nothing(upstream, relay_dir, tmp_path):

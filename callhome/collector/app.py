@@ -168,9 +168,19 @@ class CollectorApp(FaultInjection):
         if problem or errors:
             self.store.bump("rejected")
             return problem or _invalid(errors)
-        if self.store.add(kind, payload, peer=environ.get("REMOTE_ADDR")) and self.relay is not None:
-            self.relay.submit(kind, payload)  # only new records: a duplicate was forwarded the first time
+        if self.relay is not None and not self._stored(kind, payload):
+            # Queued upstream before it is stored: a crash between the two then means a retry that
+            # is forwarded again (same event_id), never a stored record that never went upstream.
+            if not self.relay.submit(kind, payload):
+                status, body, _ = _failure(503, "The relay cannot queue records now; retry later")
+                return status, body, {"Retry-After": "60"}
+        self.store.add(kind, payload, peer=environ.get("REMOTE_ADDR"))
         return 200, SUCCESS, {}
+
+    def _stored(self, kind: str, payload: dict) -> bool:
+        rows = self.store.query("SELECT 1 FROM events WHERE kind = ? AND event_id = ?",
+                                (kind, str(payload["event_id"])))
+        return bool(rows)
 
     def _authorized(self, environ: dict[str, Any]) -> bool:
         if not self._keys:

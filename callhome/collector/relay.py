@@ -155,16 +155,19 @@ class Relay:
     def __repr__(self) -> str:  # never the key
         return f"<Relay to {self.config.endpoint} queue={self.directory!r} state={self.sender.state!r}>"
 
-    def submit(self, kind: str, payload: dict) -> None:
-        """Queue one accepted record for the upstream, with its own ``event_id``, and wake the sender."""
+    def submit(self, kind: str, payload: dict) -> bool:
+        """Queue one record for the upstream, with its own ``event_id``, and wake the sender.
+
+        False when neither the disk nor the bounded memory could take it: the collector then
+        refuses the request (503), so the agent keeps the record and retries.
+        """
         from callhome.queue import frame
 
         line = frame({"v": 1, "kind": kind, "payload": payload})
         with self._lock:
-            if not self._put([line]):
-                # The collector already stored and acknowledged it: hold it rather than lose it.
-                self._hold(line)
+            kept = self._put([line]) or self._hold(line)
         self._wake.set()
+        return kept
 
     def status(self) -> dict:
         """What the relay is doing: the Sender's state, records waiting (``memory`` of them only in
@@ -210,15 +213,16 @@ class Relay:
             self.disk_error = None
         return True
 
-    def _hold(self, line: bytes) -> None:
+    def _hold(self, line: bytes) -> bool:
         """Keep a record the directory refused, within the bounds (the caller holds the lock)."""
         if len(self._memory) >= MAX_MEMORY_RECORDS or self._memory_bytes + len(line) > MAX_MEMORY_BYTES:
-            if not self.counters.get("dropped.memory_full"):
-                logger.error("relay: the relay queue's disk is failing and memory is full; dropping records")
-            self.counters.add("dropped.memory_full")
-            return
+            if not self.counters.get("refused.memory_full"):
+                logger.error("relay: the relay queue's disk is failing and memory is full; refusing records")
+            self.counters.add("refused.memory_full")
+            return False
         self._memory.append(line)
         self._memory_bytes += len(line)
+        return True
 
     def _write_memory(self) -> None:
         """Move held records to disk, a batch at a time, oldest first (the caller holds the lock).
