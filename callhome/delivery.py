@@ -18,7 +18,7 @@ from ._log import logger
 from .buffer import OWN_THREADS, Counters
 from .config import Config
 from .optout import decide
-from .transport import AUTH, OK, REJECTED, RETRY, HttpTransport, SendResult
+from .transport import AUTH, OK, REJECTED, HttpTransport, SendResult
 
 __all__ = ["Sender"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -124,3 +125,29 @@ def is_uuid4(value) -> bool:
     except (TypeError, ValueError):
         return False
     return parsed.version == 4 and str(parsed) == value
+
+
+def closed_port_url() -> str:
+    """An endpoint on loopback where nothing listens: every connection is refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def payloads(collector) -> list:
+    """Every payload the collector stored, newest first."""
+    return [e["payload"] for e in collector.store.events(limit=10000)]
+
+
+def of_type(collector, record_type: str | None) -> list:
+    """The stored payloads of one ``meta.record_type`` (``None``: the host's own events)."""
+    return [p for p in payloads(collector) if p["meta"].get("record_type") == record_type]
+
+
+def deliver(make_agent) -> None:
+    """A later process of the product (sessions off, so it recovers nothing) sends what is queued."""
+    agent = make_agent()
+    assert agent.flush(10) is True, agent.status()
+    agent.shutdown(0.5)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 
 import pytest
-from conftest import host_options, run_host
+from conftest import closed_port_url, deliver, host_options, of_type, payloads, run_host
 
 import callhome.exceptions
 
@@ -22,26 +21,8 @@ class LockTimeout(Exception):
     pass
 
 
-def deliver(make_agent) -> None:
-    agent = make_agent()
-    assert agent.flush(10) is True, agent.status()
-    agent.shutdown(0.5)
 
 
-def payloads(collector) -> list:
-    return [e["payload"] for e in collector.store.events(limit=10000)]
-
-
-def exception_records(collector) -> list:
-    return [p for p in payloads(collector) if p["meta"].get("record_type") == "exception"]
-
-
-def closed_port_url() -> str:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def line_of(marker: str, path: str = __file__) -> int:
@@ -67,7 +48,7 @@ def test_track_exception_in_an_except_block(make_agent, collector):
         event_id = agent.track_exception()
     assert event_id
     assert agent.flush(10)
-    (record,) = exception_records(collector)
+    (record,) = of_type(collector, "exception")
     meta = record["meta"]
     assert record["event_id"] == event_id and record["activity_type"] == "EXCEPTION"
     assert meta["exception_class"] == f"{LockTimeout.__module__}.LockTimeout"
@@ -93,7 +74,7 @@ def test_track_exception_given_an_exception(make_agent, collector):
     assert agent.track_exception(caught)  # outside the except block now
     assert agent.track_exception(never_raised)
     assert agent.flush(10)
-    records = {p["meta"]["exception_class"]: p for p in exception_records(collector)}
+    records = {p["meta"]["exception_class"]: p for p in of_type(collector, "exception")}
     assert sorted(records) == ["FileNotFoundError", "KeyError"]  # OSError(2, ...) is FileNotFoundError
     assert {p["activity_type"] for p in records.values()} == {"App Error"}
     key_error = records["KeyError"]["meta"]
@@ -112,7 +93,7 @@ def test_track_exception_outside_an_except_block(make_agent, collector):
     with pytest.raises(TypeError):
         strict.track_exception()
     assert agent.flush(10)
-    assert exception_records(collector) == []
+    assert of_type(collector, "exception") == []
 
 
 def test_messages_only_on_request_with_the_home_directory_shortened(make_agent, collector, tmp_path):
@@ -123,7 +104,7 @@ def test_messages_only_on_request_with_the_home_directory_shortened(make_agent, 
     except PermissionError:
         agent.track_exception()
     assert agent.flush(10)
-    (record,) = exception_records(collector)
+    (record,) = of_type(collector, "exception")
     assert record["meta"]["exception_message"] == "cannot read ~/projects/acme/secret.toml: denied"
     assert home not in json.dumps(record)
 
@@ -155,7 +136,7 @@ def test_a_deep_stack_is_cut_keeping_the_innermost_frames(make_agent, collector)
     except RecursionError:
         agent.track_exception()
     assert agent.flush(10)
-    records = {p["meta"]["exception_class"]: p["meta"] for p in exception_records(collector)}
+    records = {p["meta"]["exception_class"]: p["meta"] for p in of_type(collector, "exception")}
     deep, recursion = records["ValueError"], records["RecursionError"]
     for meta, innermost in ((deep, "innermost_boom"), (recursion, "recurse")):
         assert len(meta["stack"]) <= callhome.exceptions.MAX_STACK
@@ -187,7 +168,7 @@ def test_an_uncaught_exception_runs_the_host_hook_and_is_recorded(collector, sta
     assert host.stdout == "host hook saw RuntimeError\n"
     assert host.stderr == ""  # the host's hook replaced Python's traceback printer, as it asked
     deliver(make_agent)
-    (record,) = exception_records(collector)
+    (record,) = of_type(collector, "exception")
     meta = record["meta"]
     assert meta["handled"] is False and meta["exception_class"] == "RuntimeError"
     assert meta["exception_function"] == "crash" and meta["exception_file"] == "<string>"
@@ -203,7 +184,7 @@ def test_without_a_host_hook_python_still_prints_the_traceback(collector, state_
     assert host.returncode == 1
     assert "Traceback (most recent call last)" in host.stderr and "LookupError: shown" in host.stderr
     deliver(make_agent)
-    assert [p["meta"]["exception_class"] for p in exception_records(collector)] == ["LookupError"]
+    assert [p["meta"]["exception_class"] for p in of_type(collector, "exception")] == ["LookupError"]
 
 
 def test_thread_exceptions_chain_to_the_host_threading_hook(collector, state_dir, make_agent):
@@ -235,7 +216,7 @@ def test_thread_exceptions_chain_to_the_host_threading_hook(collector, state_dir
     assert host.stdout.splitlines() == ["host thread hook saw ConnectionError", "host thread hook saw SystemExit",
                                         "host thread hook saw KeyboardInterrupt"]
     deliver(make_agent)
-    (record,) = exception_records(collector)
+    (record,) = of_type(collector, "exception")
     meta = record["meta"]
     assert meta["exception_class"] == "ConnectionError" and meta["handled"] is False
     assert meta["exception_function"] == "worker_body"
@@ -330,7 +311,7 @@ def test_no_home_path_leaves_the_machine(collector, state_dir, make_agent, tmp_p
         assert not leaks(data), f"{path} holds {leaks(data)}"
 
     deliver(make_agent)
-    records = exception_records(collector)
+    records = of_type(collector, "exception")
     assert sorted(p["meta"]["handled"] for p in records) == [False, True]
     for record in records:
         meta = record["meta"]

@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, host_options, run_host, start_host, wait_until
+from conftest import ROOT, closed_port_url, host_options, run_host, start_host, wait_until
 
 EXIT_MARGIN = 0.5  # seconds over the bare interpreter: generous, the design budget is 0.05 s
 
@@ -63,13 +63,6 @@ def silent_server():
     yield server
     server.close()
 
-
-def closed_port_url() -> str:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def timed_run(code: str, env: dict | None = None) -> tuple:

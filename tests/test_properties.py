@@ -12,30 +12,16 @@ import hmac
 import json
 import os
 import platform
-import socket
 
 import pytest
-from conftest import PRODUCT, host_options, run_host
+from conftest import PRODUCT, closed_port_url, host_options, of_type, payloads, run_host
 
 DETECTED = ("os", "os_version", "arch", "python_version", "python_impl", "locale", "cpu_count", "container",
             "is_ci")
 PRODUCT_FIELDS = ("product_build", "product_edition", "product_language")
 
 
-def payloads(collector) -> list:
-    return [e["payload"] for e in collector.store.events(limit=10000)]
 
-
-def of_type(collector, record_type: str | None) -> list:
-    return [p for p in payloads(collector) if p["meta"].get("record_type") == record_type]
-
-
-def closed_port_url() -> str:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def files_under(top: str) -> dict:

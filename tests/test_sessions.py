@@ -12,34 +12,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
-from conftest import PRODUCT, host_options, is_uuid4, queue_dir, run_host, start_host, wait_until
+from conftest import (PRODUCT, closed_port_url, deliver, host_options, is_uuid4, of_type, payloads, queue_dir,
+                      run_host, start_host, wait_until)
 from filelock import FileLock
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def deliver(make_agent) -> None:
-    """A later process of the product (sessions off, so it recovers nothing) sends what is queued."""
-    agent = make_agent()
-    assert agent.flush(10) is True, agent.status()
-    agent.shutdown(0.5)
 
-
-def payloads(collector) -> list:
-    return [e["payload"] for e in collector.store.events(limit=10000)]
-
-
-def session_records(collector) -> list:
-    return [p for p in payloads(collector) if p["meta"].get("record_type") == "session"]
 
 
 def by_session_id(collector) -> dict:
-    records = session_records(collector)
+    records = of_type(collector, "session")
     found = {p["meta"]["session_id"]: p for p in records}
     assert len(found) == len(records), "two records for one session"
     return found
@@ -75,13 +63,6 @@ def first_line(host) -> dict:
     assert line, host.communicate()
     return json.loads(line)
 
-
-def closed_port_url() -> str:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def stop(host) -> None:
@@ -288,8 +269,8 @@ def test_kill_9_loses_at_most_one_heartbeat(collector, state_dir, make_agent):
     assert journal_files(state_dir) == [], "the dead host's journal was not claimed, or the next one's was left"
     deliver(make_agent)
 
-    recovered = [p for p in session_records(collector) if p["meta"]["closed_by"] == "recovered"]
-    assert len(recovered) == 2, session_records(collector)
+    recovered = [p for p in of_type(collector, "session") if p["meta"]["closed_by"] == "recovered"]
+    assert len(recovered) == 2, of_type(collector, "session")
     assert collector.store.stats()["duplicates"] == 2  # each session closed twice, one record each
     process = next(p for p in recovered if p["meta"]["session_kind"] == "process")
     explicit = next(p for p in recovered if p["meta"]["session_kind"] == "explicit")
@@ -302,7 +283,7 @@ def test_kill_9_loses_at_most_one_heartbeat(collector, state_dir, make_agent):
     assert process["event_at"] == process["meta"]["session_end"] == explicit["meta"]["session_end"]
     assert process["meta"]["session_end"] in (int(end), int(end) + 1)
     # and the next process's own session ended normally
-    others = [p for p in session_records(collector) if p["meta"]["closed_by"] != "recovered"]
+    others = [p for p in of_type(collector, "session") if p["meta"]["closed_by"] != "recovered"]
     assert [p["meta"]["closed_by"] for p in others] == ["exit"]
 
 
@@ -344,12 +325,12 @@ def test_two_processes_after_a_crash_recover_each_session_once(collector, state_
     assert journal_files(state_dir) == []
     deliver(make_agent)
 
-    recovered = [p for p in session_records(collector) if p["meta"]["closed_by"] == "recovered"]
+    recovered = [p for p in of_type(collector, "session") if p["meta"]["closed_by"] == "recovered"]
     assert sorted(p["meta"]["session_kind"] for p in recovered) == ["explicit", "process"]
     # 150 journals x 2 sessions sent, each session's copies being one record at the collector:
     # a journal claimed by both processes would make more
     assert collector.store.stats()["duplicates"] == 150 * 2 - 2, "a journal was recovered twice (or lost)"
-    assert [p["meta"]["closed_by"] for p in session_records(collector)].count("exit") == 2
+    assert [p["meta"]["closed_by"] for p in of_type(collector, "session")].count("exit") == 2
 
 
 def test_a_live_process_journal_is_never_claimed(collector, state_dir, make_agent):
@@ -379,7 +360,7 @@ def test_a_live_process_journal_is_never_claimed(collector, state_dir, make_agen
     finally:
         stop(live)
     deliver(make_agent)
-    records = session_records(collector)
+    records = of_type(collector, "session")
     assert sorted(p["meta"]["closed_by"] for p in records) == ["end", "exit", "exit"], records
     assert collector.store.stats()["duplicates"] == 0
     assert by_session_id(collector)["live-session-01"]["meta"]["duration"] >= 1.2
@@ -422,7 +403,7 @@ def test_sessions_false_sends_no_session_and_keeps_no_journal(collector, state_d
     assert not os.path.exists(journal_dir(state_dir))
     deliver(make_agent)
     assert [p["activity_type"] for p in payloads(collector)] == ["work"]
-    assert session_records(collector) == []
+    assert of_type(collector, "session") == []
 
 
 def test_opted_out_host_creates_nothing(collector, state_dir):
@@ -462,7 +443,7 @@ def test_a_forked_child_has_no_process_session_of_its_own(collector, state_dir, 
     deliver(make_agent)
     assert sorted(p["activity_type"] for p in payloads(collector) if "record_type" not in p["meta"]) == [
         "child-work", "parent-work"]
-    sessions = session_records(collector)
+    sessions = of_type(collector, "session")
     kinds = sorted((p["meta"]["session_kind"], p["meta"]["closed_by"]) for p in sessions)
     assert kinds == [("explicit", "end"), ("process", "exit")], sessions
     process = next(p for p in sessions if p["meta"]["session_kind"] == "process")

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 from callhome import schema
 from callhome.collector import dashboard, reports, revenera
+from callhome.collector._wsgi import read_body
 from callhome.collector.faults import AbortConnection, Fault, FaultInjection
 from callhome.collector.relay import Relay, client_address, default_dir, public_address
 from callhome.collector.store import KINDS, Store
@@ -201,7 +202,7 @@ class CollectorApp(FaultInjection):
                 and _matches(token.strip(), self._report_keys)):
             return _rest_error(401, "ERROR_UNAUTHORIZED", "Authentication failed: a report key is required "
                                                           "(Authorization: Bearer KEY)")
-        body = _read_body(environ, self.max_body)
+        body = read_body(environ, self.max_body)
         if body is None:
             return _rest_error(413, "ERROR_HTTP_REQUEST", f"Body larger than {self.max_body} bytes")
         status, envelope = reports.handle(body, reports.store_source(self.store))
@@ -211,7 +212,7 @@ class CollectorApp(FaultInjection):
         media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             return None, _failure(415, "Content-Type must be application/json")
-        body = _read_body(environ, self.max_body)
+        body = read_body(environ, self.max_body)
         if body is None:
             return None, _failure(413, f"Body larger than {self.max_body} bytes")
         try:
@@ -351,29 +352,6 @@ def _lenient(payload: Any) -> Any:
 def _no_constant(name: str) -> Any:
     # NaN and Infinity are Python's extensions, not JSON: stored, they would make /events invalid.
     raise ValueError(f"{name} is not JSON")
-
-
-def _read_body(environ: dict[str, Any], max_body: int) -> bytes | None:
-    """The request body, or None if larger than ``max_body``; reads at most ``max_body + 1`` bytes."""
-    length = _content_length(environ)
-    if length is not None and length > max_body:
-        return None
-    stream = environ["wsgi.input"]
-    if length is not None:
-        data = stream.read(length)
-    elif environ.get("wsgi.input_terminated"):
-        data = stream.read(max_body + 1)
-    else:
-        data = b""  # PEP 3333: without a length, reading is only safe from terminated input
-    return None if len(data) > max_body else data
-
-
-def _content_length(environ: dict[str, Any]) -> int | None:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or "")
-    except ValueError:
-        return None
-    return length if length >= 0 else None
 
 
 def _invalid(errors: list[schema.FieldError]) -> Reply:

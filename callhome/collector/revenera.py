@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from callhome.collector import usage
+from callhome.collector._wsgi import read_body
 
 __all__ = ["COOKIE", "DOWNLOAD_TTL", "PREFIX", "Reporting", "Sessions", "parse_report_user"]
 
@@ -184,7 +185,7 @@ class Reporting:
 
     def _body(self, environ: Dict[str, Any]) -> Dict[str, Any]:
         """The JSON object the request carries; ``{}`` for an empty body."""
-        data = _read_body(environ, self.max_body)
+        data = read_body(environ, self.max_body)
         if data is None:
             raise ApiError(413, f"Body larger than {self.max_body} bytes")
         if not data.strip():
@@ -382,24 +383,6 @@ def _cookie(environ: Dict[str, Any], name: str) -> Optional[str]:
         if equals and key == name:
             return value.strip().strip('"') or None
     return None
-
-
-def _read_body(environ: Dict[str, Any], max_body: int) -> Optional[bytes]:
-    """The body, or None if larger than ``max_body``; never reads more than ``max_body + 1`` bytes."""
-    try:
-        length: Optional[int] = int(environ.get("CONTENT_LENGTH") or "")
-    except ValueError:
-        length = None
-    if length is not None and length > max_body:
-        return None
-    stream = environ["wsgi.input"]
-    if length is not None and length >= 0:
-        data = stream.read(length)
-    elif environ.get("wsgi.input_terminated"):
-        data = stream.read(max_body + 1)
-    else:
-        data = b""  # PEP 3333: without a length, reading is only safe from terminated input
-    return None if len(data) > max_body else data
 
 
 def _no_constant(name: str) -> Any:
