@@ -151,3 +151,13 @@ def deliver(make_agent) -> None:
     agent = make_agent()
     assert agent.flush(10) is True, agent.status()
     agent.shutdown(0.5)
+
+
+def files_under(top: str) -> dict:
+    """``{path: bytes}`` of every file below ``top``: to search all of callhome's state for a leak."""
+    found = {}
+    for folder, _, names in os.walk(top):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                found[os.path.join(folder, name)] = f.read()
+    return found

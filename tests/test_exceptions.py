@@ -12,17 +12,13 @@ import os
 import sys
 
 import pytest
-from conftest import closed_port_url, deliver, host_options, of_type, payloads, run_host
+from conftest import closed_port_url, deliver, files_under, host_options, of_type, payloads, run_host
 
 import callhome.exceptions
 
 
 class LockTimeout(Exception):
     pass
-
-
-
-
 
 
 def line_of(marker: str, path: str = __file__) -> int:
@@ -296,14 +292,6 @@ def test_no_home_path_leaves_the_machine(collector, state_dir, make_agent, tmp_p
 
     def leaks(data: bytes) -> list:
         return [s for s in (home, marker, str(tmp_path), "settings.toml", "hunter2") if s.encode() in data]
-
-    def files_under(top: str) -> dict:
-        found = {}
-        for folder, _, names in os.walk(top):
-            for name in names:
-                with open(os.path.join(folder, name), "rb") as f:
-                    found[os.path.join(folder, name)] = f.read()
-        return found
 
     queued = files_under(state_dir)
     assert any(b'"record_type":"exception"' in data for data in queued.values()), "nothing queued"

@@ -14,23 +14,11 @@ import os
 import platform
 
 import pytest
-from conftest import PRODUCT, closed_port_url, host_options, of_type, payloads, run_host
+from conftest import PRODUCT, closed_port_url, files_under, host_options, of_type, payloads, run_host
 
 DETECTED = ("os", "os_version", "arch", "python_version", "python_impl", "locale", "cpu_count", "container",
             "is_ci")
 PRODUCT_FIELDS = ("product_build", "product_edition", "product_language")
-
-
-
-
-
-def files_under(top: str) -> dict:
-    found = {}
-    for folder, _, names in os.walk(top):
-        for name in names:
-            with open(os.path.join(folder, name), "rb") as f:
-                found[os.path.join(folder, name)] = f.read()
-    return found
 
 
 def in_a_container() -> bool:
