@@ -110,7 +110,8 @@ class Worker:
         deadline = time.monotonic() + max(timeout, 0.0)
         self._stopping = True
         self._wake.set()
-        if self.agent.buffer or self.agent.counter:
+        # _call_home_due is 0 until the thread has looked: a short run owes its CALL_HOME too
+        if self.agent.buffer or self.agent.counter or not self._call_home_due:
             self._save_at_exit()
         with self._put_lock:
             pass  # records the worker already took from the buffer are on disk once it lets go
@@ -131,6 +132,8 @@ class Worker:
             self._setup_lock.release()
         if self.refused is None:
             self._guard(self._recover_sessions)  # a short run: the thread may not have got to it
+            if not self._call_home_due:  # nor to the CALL_HOME (its state file keeps it once a day)
+                self._guard(self._maybe_call_home)
             self.persist()
             if self.agent.counter:
                 self._merge_counts(LOCAL_EXIT_BUDGET)

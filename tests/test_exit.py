@@ -153,6 +153,15 @@ def test_exit_with_nothing_tracked_creates_nothing(state_dir, collector):
     assert collector.app.requests.total == 0
 
 
+def test_a_run_too_short_for_the_worker_still_owes_its_call_home(state_dir, collector, make_agent):
+    # init() and exit at once: the worker thread is still importing when the exit hook runs
+    code = f"import callhome\ncallhome.init({host_options(collector, state_dir, call_home_interval=86400)})\n"
+    for _ in range(3):
+        assert run_host(code).returncode == 0
+    assert make_agent().flush(10)
+    assert [e["payload"]["activity_type"] for e in collector.store.events()] == ["CALL_HOME"]  # once a day
+
+
 # -- flush and shutdown timeouts -------------------------------------------------------------------
 
 def test_shutdown_with_a_hanging_server_returns_in_time(make_agent, silent_server):
