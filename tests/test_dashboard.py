@@ -219,6 +219,19 @@ def test_an_activity_called_other_keeps_its_events():
     assert legend(acme, "(other)") == 5 + 2  # its own 5, and the 2 least frequent activities
 
 
+def test_sessions_and_exceptions_have_their_own_charts_not_the_activity_one():
+    now = int(time.time())
+    rng = random.Random(3)
+    with CollectorServer() as server:
+        post(server, event("acme-cli", "build", "inst-1", now - 5))
+        for record in usage_records(rng, "acme-cli", "inst-1", now // DAY * DAY, now, "linux", "1.0.0"):
+            post(server, record)
+        acme = section(page(server).text, "acme-cli")
+    assert legend(acme, "build") == 1
+    assert "</span>SESSION <b>" not in acme and "</span>EXCEPTION <b>" not in acme
+    assert kpi(acme, "Sessions, 30 days") == 1
+
+
 def test_pages_are_built_one_at_a_time():
     """A page at MAX_ROWS holds a few hundred MB while it is built: concurrent views must not add up."""
     now = int(time.time())
@@ -322,12 +335,30 @@ def demo_payloads(now: int, seed: int = 7) -> list:
             user = rng.choice([None, "ana", "ben", "chen", "dara"])  # some people use several machines
             for day in range(rng.randrange(0, 20), 30):  # installations appear over the month
                 if rng.random() < (0.35 if (now // DAY - 29 + day) % 7 in (2, 3) else 0.85):
+                    start_of_day = (now // DAY - 29 + day) * DAY
                     for _ in range(rng.randint(1, 6)):
-                        start_of_day = (now // DAY - 29 + day) * DAY
                         at = start_of_day + rng.randrange(max(min(DAY, now - start_of_day), 1))  # not ahead
                         payloads.append(event(product, rng.choice(activities), install, at, os_name, version,
                                               user))
+                    payloads.extend(usage_records(rng, product, install, start_of_day, now, os_name, version))
     return sorted(payloads, key=lambda payload: payload["event_at"])  # arrival order = usage order
+
+
+def usage_records(rng: random.Random, product: str, install: str, start_of_day: int, now: int, os_name: str,
+                  version: str) -> list:
+    """A day's session (and now and then an exception) of one installation, as the agent sends them."""
+    start = start_of_day + rng.randrange(max(min(DAY // 2, now - start_of_day - 1), 1))
+    end = min(start + rng.randrange(300, 4 * 3600), now)
+    session = event(product, "SESSION", install, end, os_name, version)
+    session["meta"].update(record_type="session", session_id=str(uuid.uuid4()), session_kind="process",
+                           session_start=start, session_end=end, duration=float(end - start), closed_by="exit")
+    records = [session]
+    if rng.random() < 0.15:
+        crash = event(product, "EXCEPTION", install, end, os_name, version)
+        crash["meta"].update(record_type="exception", handled=False, exception_function="run",
+                             exception_class=rng.choice(["TimeoutError", "KeyError", "acme.errors.QuotaExceeded"]))
+        records.append(crash)
+    return records
 
 
 def make_screenshot(target: str) -> None:

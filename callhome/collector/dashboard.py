@@ -100,6 +100,9 @@ def summarize(store: Any, now: float) -> Tuple[List[ProductSummary], bool]:
     return [_summary(store, product, records, now) for product, records in sorted(by_product.items())], truncated
 
 
+_SESSION_OR_EXCEPTION = {"session": True, "exception": True}
+
+
 def _first_day(now: float) -> int:
     """The window's first UTC day, in days since the epoch."""
     return int(now // reports.DAY) - (DAYS - 1)
@@ -114,6 +117,8 @@ def _summary(store: Any, product: str, rows: List[dict], now: float) -> ProductS
     for row in rows:
         index = _day_index(row["event_at"], first)
         pairs[index].add(_identity_pair(row["payload"]))
+        if _SESSION_OR_EXCEPTION.get((row["payload"].get("meta") or {}).get("record_type")):
+            continue  # they have their own charts; here they would drown the product's own events
         per_day = activities.setdefault(str(row.get("activity_type")), [0] * DAYS)
         per_day[index] += int(row.get("count") or 1)  # an aggregate record stands for `count` events
     since, until = reports.window(reports.MAU_DAYS, now)
