@@ -262,3 +262,80 @@ def test_cli_report_from_the_local_sent_log(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CALLHOME_DIR", str(state))
     code, envelope = run_cli(capsys, "report", "CURRENT_MAU", "--application", APP, "--identity", "install")
     assert (code, envelope["responseObject"]["reportData"]["users"]) == (0, 2)
+
+
+# -- window: "calendar" (P6) -------------------------------------------------------------------
+#: Midnight UTC of the day before NOW's, and a frozen "now" at 13:30:15 UTC that day: calendar days
+#: then begin at a midnight well apart from "now - N x 24 h".
+MIDNIGHT = (NOW // DAY - 1) * DAY
+AFTERNOON = MIDNIGHT + 13 * 3600 + 30 * 60 + 15
+
+
+def frozen_at(moment: int):
+    return freeze_time(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(moment)), tick=False)
+
+
+def users(server, window: str | None = None, name: str = "USERS_IN_PAST_DAYS", **parameters) -> int:
+    if window is not None:
+        parameters["window"] = window
+    return ok(ask(server, name, application=APP, **parameters))["reportData"]["users"]
+
+
+def test_calendar_day_one_is_today_so_far(server):
+    ingest(server, event(MIDNIGHT, user="midnight"), event(MIDNIGHT - 1, user="yesterday"),
+           event(AFTERNOON, user="now"), event(AFTERNOON + 1, user="future"))
+    with frozen_at(AFTERNOON):
+        assert users(server, "calendar", days=1) == 2  # midnight and now
+        assert users(server, "rolling", days=1) == 3  # 24 h back reaches yesterday's last second
+        assert users(server, days=1) == 3  # rolling is the default
+
+
+def test_calendar_window_starts_at_midnight_days_minus_one_ago(server):
+    start = MIDNIGHT - 2 * DAY  # days=3: the day before yesterday, yesterday and today
+    ingest(server, event(start, user="edge"), event(start - 1, user="older"),
+           event(AFTERNOON - 3 * DAY, user="rolling-edge"), event(AFTERNOON - 3 * DAY - 1, user="oldest"),
+           event(AFTERNOON, user="now"))
+    with frozen_at(AFTERNOON):
+        assert users(server, "calendar", days=3) == 2  # edge and now
+        assert users(server, "rolling", days=3) == 4  # 72 h back: all but oldest
+        assert users(server, "calendar", days="4") == 5  # from midnight three days ago: all
+
+
+def test_calendar_window_at_the_day_edges(server):
+    ingest(server, event(MIDNIGHT - 1, user="last-second-of-yesterday"), event(MIDNIGHT, user="first-second"))
+    with frozen_at(MIDNIGHT - 1):  # 23:59:59: today is still yesterday
+        assert users(server, "calendar", days=1) == 1
+    with frozen_at(MIDNIGHT):  # 00:00:00: a new day has begun, with one record in it so far
+        assert users(server, "calendar", days=1) == 1
+        assert users(server, "calendar", days=2) == 2
+        assert users(server, "rolling", days=1) == 2
+
+
+def test_calendar_window_applies_to_current_mau(server):
+    start = MIDNIGHT - 29 * DAY
+    ingest(server, event(start, user="edge"), event(start - 1, user="older"))
+    with frozen_at(AFTERNOON):
+        assert users(server, "calendar", name="CURRENT_MAU") == 1
+        assert users(server, "rolling", name="CURRENT_MAU") == 2  # 30 x 24 h back reaches both
+
+
+@pytest.mark.parametrize("window", ["CALENDAR", " Calendar "])
+def test_window_is_case_insensitive(server, window):
+    ingest(server, event(MIDNIGHT - 1, user="yesterday"))
+    with frozen_at(AFTERNOON):
+        assert users(server, window, days=1) == 0
+
+
+@pytest.mark.parametrize("window", ["weekly", "", None, 1, ["calendar"]])
+def test_window_must_be_rolling_or_calendar(server, window):
+    message = error(ask(server, "USERS_IN_PAST_DAYS", application=APP, days=1, window=window), 400,
+                    "ERROR_TELEMETRY")
+    assert message == f"The parameter 'window' must be 'rolling' or 'calendar'. Provided: {window!r}"
+
+
+def test_window_function():
+    assert reports.window(2, AFTERNOON) == (AFTERNOON - 2 * DAY, AFTERNOON)
+    assert reports.window(2, AFTERNOON, "rolling") == (AFTERNOON - 2 * DAY, AFTERNOON)
+    assert reports.window(2, AFTERNOON, "calendar") == (MIDNIGHT - DAY, AFTERNOON)
+    assert reports.window(1, MIDNIGHT, "calendar") == (MIDNIGHT, MIDNIGHT)
+    assert reports.window(1, MIDNIGHT - 0.5, "calendar") == (MIDNIGHT - DAY, MIDNIGHT - 0.5)

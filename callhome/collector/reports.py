@@ -3,7 +3,8 @@
 The envelope and the computation follow Wultra's ``powerauth-server`` Telemetry API
 (``POST /rest/v3/telemetry/report``), with the resolutions of ``research/target_apis.md`` §3.4:
 ``days`` is 1..365 and may be an integer or an integral numeric string; names are matched
-case-insensitively and echoed upper-case; ``CURRENT_MAU`` forces ``days`` to 30.
+case-insensitively and echoed upper-case; ``CURRENT_MAU`` forces ``days`` to 30; the extension
+parameter ``window`` chooses PowerAuth's rolling window (the default) or whole UTC days (P6).
 
 Everything here is pure: :func:`generate` takes the request document and a *source*, a callable
 ``source(application, since, until)`` returning the distinct ``(user_id, installation_id)`` pairs
@@ -19,9 +20,10 @@ import json
 import time
 from typing import Any, Callable, Iterable, NamedTuple, Tuple
 
-__all__ = ["CURRENT_MAU", "DEFAULT_IDENTITY", "IDENTITIES", "MAX_DAYS", "REPORTS", "USERS_IN_PAST_DAYS",
-           "ReportError", "ReportRequest", "count_identities", "error_envelope", "generate", "handle",
-           "parse_request", "payload_source", "store_source", "window"]
+__all__ = ["CURRENT_MAU", "DEFAULT_IDENTITY", "DEFAULT_WINDOW", "IDENTITIES", "MAX_DAYS", "REPORTS",
+           "USERS_IN_PAST_DAYS", "WINDOWS", "ReportError", "ReportRequest", "count_identities",
+           "error_envelope", "generate", "handle", "parse_request", "payload_source", "store_source",
+           "window"]
 
 CURRENT_MAU = "CURRENT_MAU"
 USERS_IN_PAST_DAYS = "USERS_IN_PAST_DAYS"
@@ -32,6 +34,10 @@ DAY = 24 * 60 * 60
 #: ``user``: the user id, or the installation id for anonymous events; ``install``: installations.
 IDENTITIES = ("user", "install")
 DEFAULT_IDENTITY = "user"
+#: ``rolling``: ``now - days x 24 h`` to now, as PowerAuth computes it; ``calendar``: from the start
+#: of the UTC day ``days - 1`` days ago to now (``days=1`` is "today so far").
+WINDOWS = ("rolling", "calendar")
+DEFAULT_WINDOW = "rolling"
 
 ERROR_TELEMETRY = "ERROR_TELEMETRY"
 ERROR_HTTP_REQUEST = "ERROR_HTTP_REQUEST"
@@ -59,6 +65,7 @@ class ReportRequest(NamedTuple):
     application: str
     days: int
     identity: str
+    window: str = DEFAULT_WINDOW
 
 
 def error_envelope(code: str, message: str) -> dict:
@@ -84,14 +91,22 @@ def generate(document: Any, source: Source, now: float | None = None) -> tuple[i
         request = parse_request(document)
     except ReportError as exc:
         return exc.status, exc.envelope()
-    since, until = window(request.days, time.time() if now is None else now)
+    since, until = window(request.days, time.time() if now is None else now, request.window)
     users = count_identities(source(request.application, since, until), request.identity)
     data = {"application": request.application, "days": request.days, "users": users}
     return 200, {"status": "OK", "responseObject": {"name": request.name, "reportData": data}}
 
 
-def window(days: int, now: float) -> tuple[float, float]:
-    """PowerAuth's rolling window: ``[now - days x 24 h, now]``, both ends included."""
+def window(days: int, now: float, kind: str = DEFAULT_WINDOW) -> tuple[float, float]:
+    """The report's window ``[since, now]``, both ends included.
+
+    ``rolling`` (PowerAuth's): ``since = now - days x 24 h``. ``calendar``: ``since`` is midnight
+    UTC at the start of the day ``days - 1`` days before today, so ``days`` counts whole UTC days,
+    today's included.
+    """
+    if kind == "calendar":
+        # UNIX time has no leap seconds: every UTC day is exactly DAY seconds, starting at a multiple.
+        return (now // DAY - (days - 1)) * DAY, now
     return now - days * DAY, now
 
 
@@ -117,7 +132,7 @@ def parse_request(document: Any) -> ReportRequest:
         raise _telemetry(f"Unknown report name: {name}")
     # PowerAuth's CURRENT_MAU silently overrides a caller's days (P5): so does this.
     days = MAU_DAYS if upper == CURRENT_MAU else _days(parameters)
-    return ReportRequest(upper, _application(parameters), days, _identity(parameters))
+    return ReportRequest(upper, _application(parameters), days, _identity(parameters), _window(parameters))
 
 
 def _envelope_fields(document: Any) -> tuple[str, dict]:
@@ -172,6 +187,13 @@ def _identity(parameters: dict) -> str:
     if not isinstance(identity, str) or identity.strip().lower() not in IDENTITIES:
         raise _telemetry(f"The parameter 'identity' must be 'user' or 'install'. Provided: {identity!r}")
     return identity.strip().lower()
+
+
+def _window(parameters: dict) -> str:
+    window = parameters.get("window", DEFAULT_WINDOW)
+    if not isinstance(window, str) or window.strip().lower() not in WINDOWS:
+        raise _telemetry(f"The parameter 'window' must be 'rolling' or 'calendar'. Provided: {window!r}")
+    return window.strip().lower()
 
 
 def _telemetry(message: str) -> ReportError:

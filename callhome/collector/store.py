@@ -2,8 +2,14 @@
 
 One connection guarded by a lock serves every thread: the collector's writes are tiny, and a
 single connection is the only way an in-memory database (``":memory:"``) can be shared.
-Counters are kept in memory and written with the next record (or read), so a request costs one
-commit, not two; a crash can lose the counts since the last record, never a record.
+
+Writes are group-committed: :meth:`Store.add` queues its row, and one of the waiting callers (the
+batch's *writer*) inserts every queued row in one transaction while the others wait for that
+commit, so :meth:`~Store.add` still returns only once its record is committed. A lone caller
+writes at once and waits for nobody; under concurrent requests one commit (the costly part: the
+WAL write, the file locks) serves many records. Counters are kept in memory and written with a commit at
+most once every :data:`COUNTERS_INTERVAL` seconds, and when read or closed: a crash can lose the
+last second's counts, never a stored record.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ KINDS = ("usage", "aggregate")
 #: Counters kept in the database, so a self-hosted collector's figures survive a restart.
 COUNTERS = ("requests", "duplicates", "rejected", "auth_failures", "faults")
 
+# ``id`` is the rowid without AUTOINCREMENT: rows are never deleted, so the next id is still always
+# the largest plus one, and AUTOINCREMENT would write its counter (one more page) with every commit.
+# Databases created with it keep it; both read the same.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            INTEGER PRIMARY KEY,
     kind          TEXT    NOT NULL,
     event_id      TEXT    NOT NULL,
     product_id    TEXT,
@@ -43,6 +52,11 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 _COLUMNS = ("id", "kind", "event_id", "product_id", "activity_type", "event_at", "count",
             "received_at", "peer", "payload")
+#: Built once: ``json.dumps`` with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+#: Seconds between counter writes that ride on a record's commit. Writing them with every commit
+#: would add a page to each; a crash loses at most this much counting, never a record.
+COUNTERS_INTERVAL = 1.0
 _INSERT = (f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS[1:])}) "
            f"VALUES ({', '.join('?' * (len(_COLUMNS) - 1))})")
 
@@ -52,8 +66,15 @@ class Store:
 
     def __init__(self, path: str = ":memory:") -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection: one statement or transaction at a time
         self._pending: dict[str, int] = {}  # counter increments not yet written
+        # Its own lock, so bumping a counter never waits for a commit in progress.
+        self._pending_lock = threading.Lock()
+        # Guards the group commit's state: the batch still taking rows, and whether one is writing.
+        self._turn = threading.Condition(threading.Lock())
+        self._batch = _Batch()
+        self._writing = False
+        self._counters_due = 0.0  # monotonic time after which a commit also writes the counters
         self._closed = False
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -74,36 +95,93 @@ class Store:
             if self._closed:
                 return
             self._closed = True
-            with self._db:
-                self._flush()
+            self._write_pending()
             self._db.close()
 
     def add(self, kind: str, payload: dict, peer: str | None = None,
             received_at: float | None = None) -> bool:
-        """Store one validated record; True if new, False if ``(kind, event_id)`` was already stored."""
+        """Store one validated record; True if new, False if ``(kind, event_id)`` was already stored.
+
+        Returns once the record is committed (with those of concurrent callers, in one transaction).
+        """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         row = _row(kind, payload, peer, time.time() if received_at is None else received_at)
-        with self._lock, self._db:
-            new = self._db.execute(_INSERT, row).rowcount == 1
-            if not new:
-                self._pending["duplicates"] = self._pending.get("duplicates", 0) + 1
-            self._flush()
-        return new
+        batch, index = self._join(row)
+        if batch.writer == threading.get_ident():
+            self._commit(batch)
+        return batch.outcome(index)
+
+    def _join(self, row: tuple) -> tuple[_Batch, int]:
+        """Queue ``row``; return once its batch is committed, or is this thread's to commit."""
+        with self._turn:
+            batch = self._batch
+            index = len(batch.rows)
+            batch.rows.append(row)
+            while self._writing and not batch.done:
+                self._turn.wait()
+            if not batch.done:  # nobody is writing, and nobody wrote this batch: this thread does
+                self._writing = True
+                batch.writer = threading.get_ident()
+                self._batch = _Batch()  # rows arriving from now on wait for the next commit
+        return batch, index
+
+    def _commit(self, batch: _Batch) -> None:
+        """Write ``batch`` in one transaction, then wake its callers and the next batch's."""
+        try:
+            batch.outcomes = self._insert(batch.rows)
+        except BaseException as exc:  # every caller must learn that its record was not stored
+            batch.error = exc
+        finally:
+            with self._turn:
+                batch.done = True
+                self._writing = False
+                self._turn.notify_all()
+
+    def _insert(self, rows: list[tuple]) -> list[bool | Exception]:
+        """Insert ``rows`` in one transaction, with the counters when due; each row's outcome."""
+        due = time.monotonic() >= self._counters_due
+        counters = self._take_pending() if due else {}
+        try:
+            with self._lock, self._db:
+                outcomes = [_insert_row(self._db, row) for row in rows]
+                _write_counters(self._db, counters)
+        except BaseException:
+            self._restore_pending(counters)  # rolled back: they go with a later commit
+            raise
+        if due:
+            self._counters_due = time.monotonic() + COUNTERS_INTERVAL
+        duplicates = sum(outcome is False for outcome in outcomes)
+        if duplicates:
+            self.bump("duplicates", duplicates)
+        return outcomes
 
     def bump(self, name: str, by: int = 1) -> None:
         """Add ``by`` to counter ``name`` (one of :data:`COUNTERS`)."""
         if name not in COUNTERS:
             raise ValueError(f"unknown counter {name!r}")
-        with self._lock:
+        with self._pending_lock:
             self._pending[name] = self._pending.get(name, 0) + by
 
-    def _flush(self) -> None:
-        """Write pending counter increments; the caller holds the lock inside a transaction."""
-        if self._pending:
-            self._db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
-                                 [(by, name) for name, by in self._pending.items()])
-            self._pending.clear()
+    def _take_pending(self) -> dict[str, int]:
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        return pending
+
+    def _restore_pending(self, counters: dict[str, int]) -> None:
+        with self._pending_lock:
+            for name, by in counters.items():
+                self._pending[name] = self._pending.get(name, 0) + by
+
+    def _write_pending(self) -> None:
+        """Write pending counter increments in their own transaction; the caller holds the lock."""
+        counters = self._take_pending()
+        try:
+            with self._db:
+                _write_counters(self._db, counters)
+        except BaseException:
+            self._restore_pending(counters)
+            raise
 
     def count(self, kind: str | None = None, product_id: str | None = None,
               activity_type: str | None = None) -> int:
@@ -145,8 +223,7 @@ class Store:
     def stats(self) -> dict[str, int]:
         """Counters plus the number of stored records: ``events``, ``usage``, ``aggregate``, ..."""
         with self._lock:
-            with self._db:
-                self._flush()
+            self._write_pending()
             counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
             by_kind = dict(self._db.execute("SELECT kind, COUNT(*) FROM events GROUP BY kind").fetchall())
         stats = {"events": sum(by_kind.values())}
@@ -155,11 +232,51 @@ class Store:
         return stats
 
 
+class _Batch:
+    """Rows that one transaction commits together, and then what became of each."""
+
+    __slots__ = ("rows", "writer", "done", "outcomes", "error")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.writer: int | None = None  # the thread (ident) that commits it
+        self.done = False
+        self.outcomes: list[bool | Exception] = []  # per row: new, duplicate, or its own error
+        self.error: BaseException | None = None  # the transaction failed: no row was stored
+
+    def outcome(self, index: int) -> bool:
+        """Row ``index``'s result: True if new, False if a duplicate; raises what it failed with."""
+        if self.error is not None:
+            raise self.error
+        outcome = self.outcomes[index]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+#: Errors of one row's values (a type SQLite cannot store, an integer too large): they fail that
+#: row's statement only, so the other rows of its transaction are still stored.
+_ROW_ERRORS = (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError)
+
+
+def _insert_row(db: sqlite3.Connection, row: tuple) -> bool | Exception:
+    try:
+        return db.execute(_INSERT, row).rowcount == 1
+    except _ROW_ERRORS as exc:
+        return exc
+
+
+def _write_counters(db: sqlite3.Connection, counters: dict[str, int]) -> None:
+    if counters:
+        db.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
+                       [(by, name) for name, by in counters.items()])
+
+
 def _row(kind: str, payload: dict, peer: str | None, received_at: float) -> tuple:
     count = payload.get("count", 1) if kind == "aggregate" else 1
     return (kind, str(payload["event_id"]), payload.get("product_id"), payload.get("activity_type"),
             payload.get("event_at"), count, received_at, peer,
-            json.dumps(payload, separators=(",", ":"), sort_keys=True))
+            _ENCODER.encode(payload))
 
 
 def _filters(since: float | None = None, **equal: str | None) -> tuple[str, list]:
