@@ -777,6 +777,9 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identity", choices=("user", "install"),
                         help="count user ids with installation ids for anonymous events (user, the "
                              "default) or installations only (install)")
+    parser.add_argument("--window", choices=("rolling", "calendar"),
+                        help="rolling: the last days x 24 h (the default); calendar: from midnight UTC "
+                             "days - 1 days ago")
     parser.add_argument("--url", help="ask this collector (its base URL); without it, count the "
                                       "product's local sent log")
     parser.add_argument("--report-key", metavar="KEY", help="the collector's report key (with --url)")
@@ -791,7 +794,8 @@ def _report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .collector import reports
 
     parameters = {"application": args.application}
-    parameters.update((k, v) for k, v in (("days", args.days), ("identity", args.identity)) if v is not None)
+    options = (("days", args.days), ("identity", args.identity), ("window", args.window))
+    parameters.update((k, v) for k, v in options if v is not None)
     document = {"requestObject": {"name": args.name, "parameters": parameters}}
     if args.url:
         if not args.report_key:

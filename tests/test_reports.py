@@ -228,6 +228,17 @@ def test_cli_report_from_the_collector(server, capsys):
     assert (code, envelope["responseObject"]["reportData"]["users"]) == (0, 1)
 
 
+def test_cli_report_takes_the_window(server, capsys):
+    now = int(time.time())
+    ingest(server, event(now, user="today"), event(now // DAY * DAY - 60, user="yesterday-late"))
+    counts = {}
+    for window in ("rolling", "calendar"):
+        code, envelope = run_cli(capsys, "report", "USERS_IN_PAST_DAYS", "--application", APP, "--days", "1",
+                                 "--window", window, "--url", server.url, "--report-key", REPORT_KEY)
+        counts[window] = (code, envelope["responseObject"]["reportData"]["users"])
+    assert counts == {"rolling": (0, 2), "calendar": (0, 1)}  # calendar day 1 starts at midnight UTC
+
+
 def test_cli_report_errors_exit_1(server, capsys):
     code, envelope = run_cli(capsys, "report", "USERS_IN_PAST_DAYS", "--application", APP,
                              "--url", server.url, "--report-key", REPORT_KEY)
