@@ -630,6 +630,18 @@ def test_last_lines_of_exceptions_carry_the_record_properties(server, api):
     assert [r["name"] for r in api.post(CUSTOM_LINES).json()["result"]] == ["run"]
 
 
+def test_last_lines_of_custom_events_carry_the_client_s_latest_properties(server, api):
+    feed(server, [call_home(at(dt.date(2024, 3, 1), 1), "a", os="Linux", product_version="1.0"),
+                  session(at(dt.date(2024, 3, 1), 50), "a", 40.0, product_version="1.1"),
+                  custom(at(dt.date(2024, 3, 1), 9), "a", "run", "cli"),
+                  custom(at(dt.date(2024, 3, 1), 8), "b", "run", "cli", os="Windows"),
+                  call_home(at(dt.date(2024, 3, 1), 2), "b", os="Darwin")])
+    rows = {r["clientId"]: r for r in api.post(CUSTOM_LINES).json()["result"]}
+    # the event's own value first, else the newest value any record of that client carried
+    assert (rows["a"]["os"], rows["a"]["product_version"]) == ("Linux", "1.1")
+    assert (rows["b"]["os"], rows["b"]["product_version"]) == ("Windows", None)
+
+
 MARCH = {"startDate": "2024-03-01", "stopDate": "2024-03-02"}
 
 

@@ -287,7 +287,9 @@ class Reporting:
 
     def _custom_last_lines(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
         count = _integer(body, "lineCount", DEFAULT_LINES, 1, MAX_LINES)
-        return 200, usage.last_lines(usage.read_last(self.store, product, None, count)), {}
+        lines = usage.read_last(self.store, product, None, count)
+        metas = usage.read_client_metas(self.store, product, usage.line_clients(lines))
+        return 200, usage.last_lines(lines, known=usage.latest_values(metas, usage.LINE_PROPERTIES)), {}
 
     def _exception_last_lines(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
         count = _integer(body, "lineCount", DEFAULT_LINES, 1, MAX_LINES)

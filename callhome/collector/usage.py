@@ -28,7 +28,7 @@ __all__ = ["ACTIVE_DAY_BINS", "CLIENT_PROPERTIES", "DAY", "LOST_REPORTED", "PROP
            "RUNTIME_BINS", "SESSION_BINS", "SPLITS", "Buckets", "Event", "ExceptionRecord", "Line", "Session",
            "Span", "client_properties", "date_range", "day_of", "event_keys", "event_table",
            "exception_counts", "export_zip", "histogram", "iso_day", "iso_time", "last_lines",
-           "per_day_sessions", "percent_of_active", "read_activity", "read_client_metas", "read_clients",
+           "latest_values", "line_clients", "LINE_PROPERTIES", "per_day_sessions", "percent_of_active", "read_activity", "read_client_metas", "read_clients",
            "read_day", "read_days", "read_events", "read_exceptions", "read_last", "read_products",
            "read_sessions", "read_spans", "timeline", "usage_distribution"]
 
@@ -411,7 +411,7 @@ def _divisors(divisor: Optional[str], buckets: Buckets, activity: Iterable[Tuple
 
 
 # -- getLastLines ----------------------------------------------------------------------------------
-_LINE_PROPERTIES = PRODUCT_PROPERTIES + SYSTEM_PROPERTIES
+LINE_PROPERTIES = PRODUCT_PROPERTIES + SYSTEM_PROPERTIES
 _CUSTOM_FIELDS = {"eventDate": "Event date (UTC)", "clientId": "Client ID", "category": "Event category",
                   "name": "Event name", "eventCount": "Occurrences"}
 _EXCEPTION_FIELDS = {"eventDate": "Event date (UTC)", "clientId": "Client ID",
@@ -423,22 +423,46 @@ _EXCEPTION_META = {"exceptionClass": "exception_class", "exceptionFunction": "ex
                    "message": "exception_message", "handled": "handled"}
 
 
-def last_lines(lines: Iterable[Line], exceptions: bool = False) -> Dict[str, Any]:
-    """getLastLines' ``{"fieldNames", "result"}`` for custom-event (or exception) records."""
+def last_lines(lines: Iterable[Line], exceptions: bool = False,
+               known: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """getLastLines' ``{"fieldNames", "result"}`` for custom-event (or exception) records.
+
+    ``known``: each client's latest properties (:func:`latest_values`), for what a record does not
+    carry itself — the agent sends system properties with CALL_HOME, session and exception
+    records only, not with every event.
+    """
     fields = dict(_EXCEPTION_FIELDS if exceptions else _CUSTOM_FIELDS)
-    fields.update((name, PROPERTY_LABELS[name]) for name in _LINE_PROPERTIES)
-    return {"fieldNames": fields, "result": [_line(line, exceptions) for line in lines]}
+    fields.update((name, PROPERTY_LABELS[name]) for name in LINE_PROPERTIES)
+    return {"fieldNames": fields, "result": [_line(line, exceptions, known or {}) for line in lines]}
 
 
-def _line(line: Line, exceptions: bool) -> Dict[str, Any]:
+def _line(line: Line, exceptions: bool, known: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     meta = line.meta
     row: Dict[str, Any] = {"eventDate": iso_time(line.event_at), "clientId": meta.get("installation_id")}
     if exceptions:
         row.update((field, meta.get(key)) for field, key in _EXCEPTION_META.items())
     else:
         row.update(category=_text(meta.get("category")), name=line.activity_type, eventCount=line.count)
-    row.update((name, meta.get(name)) for name in _LINE_PROPERTIES)
+    latest = known.get(row["clientId"], {})
+    row.update((name, meta[name] if meta.get(name) is not None else latest.get(name)) for name in LINE_PROPERTIES)
     return row
+
+
+def line_clients(lines: Iterable[Line]) -> List[str]:
+    return sorted({line.meta["installation_id"] for line in lines if line.meta.get("installation_id")})
+
+
+def latest_values(metas: Iterable[Tuple[str, Dict[str, Any]]], names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """Per client, the newest non-null value of each of ``names``; ``metas`` newest first."""
+    current: Dict[str, Dict[str, Any]] = {}
+    for client, meta in metas:
+        found = current.setdefault(client, {})
+        if len(found) == len(names):
+            continue
+        for name in names:
+            if name not in found and meta.get(name) is not None:
+                found[name] = meta[name]
+    return current
 
 
 # -- clientPropertyList ----------------------------------------------------------------------------
@@ -448,17 +472,10 @@ def client_properties(clients: Sequence[Span], metas: Iterable[Tuple[str, Dict[s
 
     ``metas``: ``(client, meta)`` newest first, so the first value seen is the current one.
     """
-    current: Dict[str, Dict[str, Any]] = {span.client: {} for span in clients}
-    for client, meta in metas:
-        found = current.get(client)
-        if found is None or len(found) == len(names):
-            continue
-        for name in names:
-            if name not in found and meta.get(name) is not None:
-                found[name] = meta[name]
+    current = latest_values(metas, names)
     return [{"clientId": span.client, "firstSeen": iso_time(span.first_at),
              "lastSeen": iso_time(span.last_at),
-             "properties": {name: current[span.client].get(name) for name in names}} for span in clients]
+             "properties": {name: current.get(span.client, {}).get(name) for name in names}} for span in clients]
 
 
 # -- rawEvents export ------------------------------------------------------------------------------
