@@ -203,3 +203,22 @@ def test_many_threads_many_records_file_store(tmp_path):
     assert results.count(True) == 400 and results.count(False) == 400
     assert store.count() == 400 and store.stats()["duplicates"] == 400
     store.close()
+
+
+def test_a_long_report_does_not_hold_up_ingestion(tmp_path):
+    store = Store(str(tmp_path / "events.sqlite3"))
+    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) "
+            "SELECT COUNT(*) FROM n")
+    started = time.monotonic()
+    report = threading.Thread(target=store.query, args=(slow,))
+    report.start()
+    time.sleep(0.05)  # the report is running
+    assert store.add("usage", usage())
+    added = time.monotonic() - started
+    report.join()
+    took = time.monotonic() - started
+    assert added < took / 2, (added, took)  # not serialised behind the report
+    assert store.query("SELECT COUNT(*) FROM events") == [(1,)]  # and reports see committed rows
+    with pytest.raises(sqlite3.OperationalError):
+        store._reader.execute("DELETE FROM events")  # the report connection cannot write
+    store.close()

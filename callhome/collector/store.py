@@ -85,6 +85,10 @@ class Store:
         with self._db:
             self._db.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",
                                  [(name,) for name in COUNTERS])
+        # Reports read through a connection of their own: in WAL mode a long report then never
+        # holds up ingestion (an in-memory or temporary database has only the one connection).
+        self._reader = None if path in ("", ":memory:") or path.startswith("file:") else _reader(path)
+        self._read_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Store({self.path!r})"
@@ -97,6 +101,9 @@ class Store:
             self._closed = True
             self._write_pending()
             self._db.close()
+        if self._reader is not None:
+            with self._read_lock:
+                self._reader.close()
 
     def add(self, kind: str, payload: dict, peer: str | None = None,
             received_at: float | None = None) -> bool:
@@ -217,8 +224,11 @@ class Store:
         """Rows of a read-only ``SELECT`` over ``events`` (the reports' own SQL); thread-safe."""
         if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
             raise ValueError("query() only reads")
-        with self._lock:
-            return self._db.execute(sql, list(params)).fetchall()
+        if self._reader is None:
+            with self._lock:
+                return self._db.execute(sql, list(params)).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, list(params)).fetchall()
 
     def stats(self) -> dict[str, int]:
         """Counters plus the number of stored records: ``events``, ``usage``, ``aggregate``, ..."""
@@ -295,3 +305,11 @@ def _as_dict(row: tuple) -> dict[str, Any]:
     record = dict(zip(_COLUMNS, row))
     record["payload"] = json.loads(record["payload"])
     return record
+
+
+def _reader(path: str) -> sqlite3.Connection:
+    reader = sqlite3.connect(path, check_same_thread=False)
+    reader.execute("PRAGMA query_only=ON")
+    reader.execute("PRAGMA busy_timeout=5000")
+    return reader
+
