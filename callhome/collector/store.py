@@ -194,8 +194,7 @@ class Store:
               activity_type: str | None = None) -> int:
         """How many distinct records are stored, optionally only those matching the filters."""
         where, params = _filters(kind=kind, product_id=product_id, activity_type=activity_type)
-        with self._lock:
-            return self._db.execute(f"SELECT COUNT(*) FROM events{where}", params).fetchone()[0]
+        return self._read(f"SELECT COUNT(*) FROM events{where}", params)[0][0]
 
     def events(self, limit: int = 100, product_id: str | None = None,
                activity_type: str | None = None, kind: str | None = None,
@@ -204,9 +203,7 @@ class Store:
         where, params = _filters(kind=kind, product_id=product_id, activity_type=activity_type,
                                  since=since)
         query = f"SELECT {', '.join(_COLUMNS)} FROM events{where} ORDER BY id DESC LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(query, params + [int(limit)]).fetchall()
-        return [_as_dict(row) for row in rows]
+        return [_as_dict(row) for row in self._read(query, params + [int(limit)])]
 
     def identities(self, product_id: str, since: float, until: float,
                    kind: str | None = None) -> list[tuple[Any, Any]]:
@@ -216,14 +213,16 @@ class Store:
         query = ("SELECT DISTINCT json_extract(payload, '$.user_id'), "
                  "json_extract(payload, '$.meta.installation_id') FROM events"
                  f"{where} AND event_at BETWEEN ? AND ?")
-        with self._lock:
-            rows = self._db.execute(query, params + [since, until]).fetchall()
-        return [(user, install) for user, install in rows]
+        return [(user, install) for user, install in self._read(query, params + [since, until])]
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         """Rows of a read-only ``SELECT`` over ``events`` (the reports' own SQL); thread-safe."""
         if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
             raise ValueError("query() only reads")
+        return self._read(sql, params)
+
+    def _read(self, sql: str, params: list | tuple) -> list[tuple]:
+        """Every read goes through the report connection when there is one."""
         if self._reader is None:
             with self._lock:
                 return self._db.execute(sql, list(params)).fetchall()
