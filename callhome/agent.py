@@ -150,9 +150,9 @@ class Agent:
         if _thread.get_ident() in OWN_THREADS:
             self.counters.add("dropped.recursion")
             return False
-        config = self.config
-        if config is None or self._closed or not (self.decision.enabled or config.debug):
+        if not self._tracking():
             return False
+        config = self.config
         problems: list = []
         try:
             name = clean_activity(activity, problems)
@@ -200,20 +200,32 @@ class Agent:
 
     def queue_call_home(self, meta: dict | None) -> str | None:
         """``call_home()`` without the recursion guard, for the worker's automatic CALL_HOME."""
+        return self._accept(self.call_home_record(meta))
+
+    def call_home_record(self, meta: dict | None) -> dict | None:
+        """The CALL_HOME record (``callhome preview`` shows the automatic one); no I/O."""
         activity = self.config.call_home_activity if self.config else "CALL_HOME"
         record = self.build_record(activity, None, None, meta, None)
         if record is not None:
             record["payload"]["meta"]["record_type"] = "call_home"
             record["props"] = True
-        return self._accept(record)
+        return record
+
+    def add_client_properties(self, record: dict) -> dict:
+        """Detect the client properties here and now, as the worker does when it writes a record
+        flagged for them: for debug output and previews, which have no worker."""
+        if record.pop("props", False):
+            from .properties import detected
+
+            record["payload"]["meta"].update(self.client_properties(detected(self.decision.is_ci)))
+        return record
 
     def build_record(self, activity, user_id, user_id_type, meta, event_at, category=None) -> dict | None:
         """The queue record ``track()`` would hand over (``callhome preview`` shows it); no I/O.
 
         None when telemetry is off (outside debug mode) or the activity is unusable.
         """
-        config = self.config
-        if config is None or self._closed or not (self.decision.enabled or config.debug):
+        if not self._tracking():
             return None
         problems: list = []
         try:
@@ -406,10 +418,7 @@ class Agent:
         import json
 
         why = "debug mode" if self.decision.enabled else self.decision.reason
-        if record.pop("props", False):
-            from .properties import detected
-
-            record["payload"]["meta"].update(self.client_properties(detected(self.decision.is_ci)))
+        self.add_client_properties(record)
         request = {"method": "POST", "url": self.config.endpoint + "/api/product/" +
                    ("usage" if record["kind"] == "usage" else "aggregateusage"),
                    "headers": {"X-API-KEY": "***" if self.config.api_key else "(none)"},

@@ -360,11 +360,8 @@ def _call_home_record(target: _Target, is_ci: bool) -> dict:
     from .agent import Agent
     from .identity import read
 
-    from .properties import detected
-
     agent = Agent(**dict(target.kwargs(), debug=True, call_home_interval=0, sessions=False))
-    record = agent.build_record(agent.config.call_home_activity, None, None, {"automatic": True}, None)
-    record["payload"]["meta"].update(record_type="call_home", **agent.client_properties(detected(is_ci)))
+    record = agent.add_client_properties(agent.call_home_record({"automatic": True}))
     installation_id = None if is_ci else read(target.directory)
     if installation_id:  # the worker adds it when it persists the record
         record["payload"]["meta"]["installation_id"] = installation_id

@@ -100,7 +100,7 @@ def summarize(store: Any, now: float) -> Tuple[List[ProductSummary], bool]:
     return [_summary(store, product, records, now) for product, records in sorted(by_product.items())], truncated
 
 
-_SESSION_OR_EXCEPTION = {"session": True, "exception": True}
+_OWN_CHARTS = frozenset({"session", "exception"})  # record types the page charts separately
 
 
 def _first_day(now: float) -> int:
@@ -117,7 +117,7 @@ def _summary(store: Any, product: str, rows: List[dict], now: float) -> ProductS
     for row in rows:
         index = _day_index(row["event_at"], first)
         pairs[index].add(_identity_pair(row["payload"]))
-        if _SESSION_OR_EXCEPTION.get((row["payload"].get("meta") or {}).get("record_type")):
+        if (row["payload"].get("meta") or {}).get("record_type") in _OWN_CHARTS:
             continue  # they have their own charts; here they would drown the product's own events
         per_day = activities.setdefault(str(row.get("activity_type")), [0] * DAYS)
         per_day[index] += int(row.get("count") or 1)  # an aggregate record stands for `count` events
