@@ -277,8 +277,11 @@ class Agent:
     # -- sessions ----------------------------------------------------------------------------------
     def _start_session(self, session_id: str, kind: str) -> str:
         self.sessions.start(session_id, kind, time.time())
-        if self._thread is not None and not self.wake.is_set():
-            self.wake.set()  # the worker journals it
+        if self.decision.enabled and not self.config.debug:  # the worker journals it
+            if self._thread is None:  # a forked child whose first call this is
+                self._ensure_worker()
+            elif not self.wake.is_set():
+                self.wake.set()
         return session_id
 
     @_guarded

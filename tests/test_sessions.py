@@ -420,6 +420,29 @@ def test_opted_out_host_creates_nothing(collector, state_dir):
     assert collector.store.count() == 0
 
 
+def test_a_session_opened_by_a_child_that_tracks_nothing_else_is_kept(collector, state_dir, make_agent):
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork() on this platform")
+    host = run_host(f"""
+        import os, sys, time, warnings, callhome
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with a thread running (3.12+)
+        callhome.init({host_options(collector, state_dir, sessions=True)})
+        pid = os.fork()
+        if pid == 0:
+            callhome.start_session("child-open-session")  # the child's first and only call
+            time.sleep(1.5)
+            sys.exit(0)
+        time.sleep(1.0)
+        print(any(name.startswith(f"{{pid}}-") for name in os.listdir({journal_dir(state_dir)!r})))
+        os.waitpid(pid, 0)
+    """)
+    assert host.returncode == 0, host.stderr
+    assert host.stdout.strip() == "True"  # journalled while open: a crash would not lose it
+    deliver(make_agent)
+    ended = {p["meta"]["session_id"]: p["meta"]["closed_by"] for p in of_type(collector, "session")}
+    assert ended.get("child-open-session") == "exit", ended
+
+
 def test_a_forked_child_has_no_process_session_of_its_own(collector, state_dir, make_agent):
     if not hasattr(os, "fork"):
         pytest.skip("no fork() on this platform")
