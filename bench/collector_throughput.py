@@ -59,7 +59,7 @@ def _payload(run: str, client: int, number: int) -> dict:
 
 
 def _agent_poster(url: str, api_key: str | None) -> Callable[[dict], None]:
-    from callhome.transport import HttpTransport
+    from callhome.sender.transport import HttpTransport
 
     transport = HttpTransport(url, api_key, timeout=10.0)
 

@@ -15,14 +15,18 @@ import time
 import weakref
 
 from ._version import __version__
-from .buffer import OWN_THREADS, Buffer, Counters, deque
+from ._state import HostPort, HostState
+from .buffer import OWN_THREADS, Buffer, Counters, Waker, deque
 from .config import Config, resolve
 from .optout import Decision, decide
 from .payload import (Rejected, clean_activity, clean_meta, clean_name, clean_user, coerce_event_at, new_event_id,
                       static_fields)
-from .sessions import Sessions, clean_session_id, session_event_id, session_meta
+from .sessions import clean_session_id, session_event_id, session_meta
 
 __all__ = ["Agent"]
+
+#: How long a fork waits for the worker thread to finish its imports (normally milliseconds).
+FORK_WAIT = 5.0
 
 
 def _guarded(method):
@@ -38,9 +42,9 @@ def _guarded(method):
         except (ValueError, TypeError):
             if self._strict:
                 raise
-            self.counters.add("dropped.invalid")
+            self.state.counters.add("dropped.invalid")
         except Exception:
-            self.counters.add("internal_errors")
+            self.state.counters.add("internal_errors")
         return refused
 
     guarded.__name__, guarded.__qualname__, guarded.__doc__ = method.__name__, method.__qualname__, method.__doc__
@@ -56,31 +60,38 @@ class Agent:
     """
 
     def __init__(self, product_id: str | None = None, **options: object) -> None:
-        self.config: Config | None = None
-        self.decision = Decision(False, "init() was not called")
-        self.buffer = Buffer(10000)
-        self.counters = Counters()
-        self.ephemeral_id = False
+        self.state = HostState()
         self._strict = bool(options.get("strict"))
-        self._static: dict = {}
-        self._base_meta: dict = {}
         self._problems = deque(maxlen=20)
-        self.counter = None  # aggregate counts, created by the first count()
-        self.count_meta: dict = {}
-        self.sessions = Sessions()
         self.process_session: str | None = None
-        #: custom properties and license fields set by the host, merged into client properties
-        self.properties: dict = {}
         self._hooks_installed = False
         self._lock = _thread.allocate_lock()
         self._forget_worker()
         self._exit_hooked = False
         self._closed = False
+        #: set once the exit hook has run: later calls are refused and counted, not accepted and lost
+        self._exited = False
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(before=_weak_call(self, "_before_fork"),
                                 after_in_child=_weak_call(self, "_after_fork"))
         if product_id is not None:
             self.init(product_id=product_id, **options)
+
+    @property
+    def config(self) -> Config | None:
+        return self.state.config
+
+    @property
+    def decision(self) -> Decision:
+        return self.state.decision
+
+    @property
+    def counters(self) -> Counters:
+        return self.state.counters
+
+    @property
+    def buffer(self) -> Buffer:
+        return self.state.buffer
 
     # -- configuration -------------------------------------------------------------------------
     @_guarded
@@ -94,15 +105,15 @@ class Agent:
         config = resolve(dict(options, product_id=product_id))
         decision = decide(config)
         with self._lock:
-            self.config, self.decision = config, decision
-            self._static = static_fields(config)
-            self._base_meta = {"callhome_version": __version__}
+            self.state.config, self.state.decision = config, decision
+            self.state.static = static_fields(config)
+            self.state.base_meta = {"callhome_version": __version__}
             if config.product_version:
-                self._base_meta["product_version"] = config.product_version
+                self.state.base_meta["product_version"] = config.product_version
             if decision.is_ci:
-                self._base_meta["is_ci"] = True
-            self.buffer.maxlen = config.max_buffer
-            self.ephemeral_id = decision.is_ci
+                self.state.base_meta["is_ci"] = True
+            self.state.buffer.maxlen = config.max_buffer
+            self.state.ephemeral_id = decision.is_ci
             self._closed = False
         self._problems.extend(config.problems)
         if not (decision.enabled or config.debug):
@@ -131,10 +142,10 @@ class Agent:
         groups events in reports (``meta.category``).
         """
         if _thread.get_ident() in OWN_THREADS:
-            self.counters.add("dropped.recursion")
+            self.state.counters.add("dropped.recursion")
             return None
         record = self.build_record(activity, user_id, user_id_type, meta, event_at, category)
-        mode = self.config.activity_modes.get(record["payload"]["activity_type"]) if record else None
+        mode = self.state.config.activity_modes.get(record["payload"]["activity_type"]) if record else None
         if mode in ("aggregate", "both"):
             self.count(record["payload"]["activity_type"])
         return None if mode == "aggregate" else self._accept(record)
@@ -148,35 +159,35 @@ class Agent:
         :return: True when counted.
         """
         if _thread.get_ident() in OWN_THREADS:
-            self.counters.add("dropped.recursion")
+            self.state.counters.add("dropped.recursion")
             return False
         if not self._tracking():
             return False
-        config = self.config
+        config = self.state.config
         problems: list = []
         try:
             name = clean_activity(activity, problems)
         except Rejected as exc:
             self._note([str(exc)])
-            self.counters.add("dropped.invalid")
+            self.state.counters.add("dropped.invalid")
             return False
         if type(n) is not int or not 1 <= n < 2 ** 53:
             self._note([f"count n={n!r} is not a whole number >= 1; not counted"])
-            self.counters.add("dropped.invalid")
+            self.state.counters.add("dropped.invalid")
             return False
         if meta is not None:
-            self.count_meta[name] = clean_meta(meta, problems)
+            self.state.count_meta[name] = clean_meta(meta, problems)
         if problems:
             self._note(problems)
-        if config.debug or not self.decision.enabled:
-            sys.stderr.write(f"[callhome] (not sent: {self.decision.reason or 'debug mode'}) count {name} +{n}\n")
+        if config.debug or not self.state.decision.enabled:
+            sys.stderr.write(f"[callhome] (not sent: {self.state.decision.reason or 'debug mode'}) count {name} +{n}\n")
             return True
         return self._count(name, n)
 
     def _count(self, name: str, n: int) -> bool:
-        counter = self.counter or self._new_counter()
+        counter = self.state.counter or self._new_counter()
         if not counter.add(name, n, time.time()):
-            self.counters.add("dropped.aggregate_cap")
+            self.state.counters.add("dropped.aggregate_cap")
             return False
         if self._thread is None:
             self._ensure_worker()
@@ -186,25 +197,25 @@ class Agent:
         from .aggregate import Counter
 
         with self._lock:
-            if self.counter is None:
-                self.counter = Counter(self.config.aggregate_interval)
-            return self.counter
+            if self.state.counter is None:
+                self.state.counter = Counter(self.state.config.aggregate_interval)
+            return self.state.counter
 
     @_guarded
     def call_home(self, meta: dict | None = None) -> str | None:
         """Queue a ``CALL_HOME`` event (the key is ``call_home_activity``) now."""
         if _thread.get_ident() in OWN_THREADS:
-            self.counters.add("dropped.recursion")
+            self.state.counters.add("dropped.recursion")
             return None
-        return self.queue_call_home(meta)
+        return self._accept(self.call_home_record(meta))
 
     def queue_call_home(self, meta: dict | None) -> str | None:
-        """``call_home()`` without the recursion guard, for the worker's automatic CALL_HOME."""
-        return self._accept(self.call_home_record(meta))
+        """The worker's automatic CALL_HOME (also queued by the exit hook of a short run)."""
+        return self._accept(self.call_home_record(meta), internal=True)
 
     def call_home_record(self, meta: dict | None) -> dict | None:
         """The CALL_HOME record (``callhome preview`` shows the automatic one); no I/O."""
-        activity = self.config.call_home_activity if self.config else "CALL_HOME"
+        activity = self.state.config.call_home_activity if self.state.config else "CALL_HOME"
         record = self.build_record(activity, None, None, meta, None)
         if record is not None:
             record["payload"]["meta"]["record_type"] = "call_home"
@@ -217,7 +228,7 @@ class Agent:
         if record.pop("props", False):
             from .properties import detected
 
-            record["payload"]["meta"].update(self.client_properties(detected(self.decision.is_ci)))
+            record["payload"]["meta"].update(self.client_properties(detected(self.state.decision.is_ci)))
         return record
 
     def build_record(self, activity, user_id, user_id_type, meta, event_at, category=None) -> dict | None:
@@ -237,7 +248,7 @@ class Agent:
                     extra["category"] = category
         except Rejected as exc:
             self._note([str(exc)])
-            self.counters.add("dropped.invalid")
+            self.state.counters.add("dropped.invalid")
             return None
         record = self._record(name, extra, coerce_event_at(event_at, time.time(), problems))
         user = clean_user(user_id, user_id_type, problems)
@@ -249,20 +260,20 @@ class Agent:
 
     def _record(self, activity: str, meta: dict, event_at: int, event_id: str | None = None) -> dict:
         """A usage record of this agent around ``meta`` (already clean)."""
-        config = self.config
-        payload = dict(self._static, activity_type=activity, event_id=event_id or new_event_id(), event_at=event_at)
+        config = self.state.config
+        payload = dict(self.state.static, activity_type=activity, event_id=event_id or new_event_id(), event_at=event_at)
         if config.domain:
             payload["domain"] = config.domain
         if config.ip_addr:
             payload["ip_addr"] = config.ip_addr
-        meta.update(self._base_meta)
+        meta.update(self.state.base_meta)
         payload["meta"] = meta
         return {"v": 1, "kind": "usage", "payload": payload}
 
     def _internal_record(self, activity: str, meta: dict, event_at: float, event_id: str | None = None) -> dict | None:
         """A session or exception record: the worker adds the client properties when it writes it."""
-        config = self.config
-        if config is None or not (self.decision.enabled or config.debug):
+        config = self.state.config
+        if config is None or not (self.state.decision.enabled or config.debug):
             return None
         record = self._record(activity, meta, int(event_at), event_id)
         record["props"] = True
@@ -272,22 +283,22 @@ class Agent:
         """What rides in CALL_HOME, session and exception records, given the detected properties."""
         from .properties import product_fields
 
-        return {**detected, **product_fields(self.config), **self.properties}
+        return {**detected, **product_fields(self.state.config), **self.state.properties}
 
     # -- sessions ----------------------------------------------------------------------------------
     def _start_session(self, session_id: str, kind: str) -> str:
-        self.sessions.start(session_id, kind, time.time())
-        if self.decision.enabled and not self.config.debug:  # the worker journals it
+        self.state.sessions.start(session_id, kind, time.time())
+        if self.state.decision.enabled and not self.state.config.debug:  # the worker journals it
             if self._thread is None:  # a forked child whose first call this is
                 self._ensure_worker()
-            elif not self.wake.is_set():
-                self.wake.set()
+            else:
+                self.state.waker.poke()
         return session_id
 
     @_guarded
     def start_session(self, session_id: str) -> bool:
         """Open an explicit session (10–64 characters, unique); True when opened."""
-        if not (self._tracking() and self.config.sessions):
+        if not (self._tracking() and self.state.config.sessions):
             return False
         self._start_session(clean_session_id(session_id), "explicit")
         return True
@@ -295,43 +306,44 @@ class Agent:
     @_guarded
     def end_session(self, session_id: str) -> bool:
         """Close an explicit session: its record (activity ``session_activity``) is queued."""
-        if not (self._tracking() and self.config.sessions):
+        if not (self._tracking() and self.state.config.sessions):
             return False
         session_id = clean_session_id(session_id)
-        kind, start = self.sessions.end(session_id)
-        self.accept_session(session_id, kind, start, time.time(), "end")
+        kind, start = self.state.sessions.end(session_id)
+        self.accept_session(session_id, kind, start, time.time(), "end", internal=False)
         return True
 
     def session(self, session_id: str | None = None) -> "_SessionScope":
         """``with agent.session("id"):`` — an explicit session around a block (a random id if None)."""
         return _SessionScope(self, session_id)
 
-    def accept_session(self, session_id: str, kind: str, start: float, end: float, closed_by: str) -> None:
+    def accept_session(self, session_id: str, kind: str, start: float, end: float, closed_by: str,
+                       internal: bool = True) -> None:
         """Queue the record of an ended session (also the worker's, for a crashed process's ones)."""
-        config = self.config
+        config = self.state.config
         if config is None:
             return
         meta = session_meta(session_id, kind, start, end, closed_by)
         if self.process_session and kind == "explicit":
             meta["process_session_id"] = self.process_session
         event_id = session_event_id(config.product_id, session_id, start)
-        self._accept(self._internal_record(config.session_activity, meta, end, event_id))
+        self._accept(self._internal_record(config.session_activity, meta, end, event_id), internal)
 
     def _end_sessions(self) -> None:
         now = time.time()
-        for session_id, kind, start in self.sessions.end_all():
+        for session_id, kind, start in self.state.sessions.end_all():
             self.accept_session(session_id, kind, start, now, "exit")
 
     def _tracking(self) -> bool:
-        config = self.config
-        return config is not None and not self._closed and (self.decision.enabled or config.debug)
+        config = self.state.config
+        return config is not None and not self._closed and (self.state.decision.enabled or config.debug)
 
     # -- exceptions, properties, license -------------------------------------------------------------
     @_guarded
     def track_exception(self, exc: BaseException | None = None) -> str | None:
         """Queue an ``EXCEPTION`` record for ``exc`` (default: the one being handled)."""
         if _thread.get_ident() in OWN_THREADS:
-            self.counters.add("dropped.recursion")
+            self.state.counters.add("dropped.recursion")
             return None
         if exc is None:
             exc = sys.exc_info()[1]
@@ -342,23 +354,23 @@ class Agent:
     def _record_crash(self, exc: BaseException, tb) -> None:
         """The interpreter hooks' entry: an uncaught exception, recorded if capture is still on."""
         try:
-            config = self.config
+            config = self.state.config
             if config is not None and config.capture_exceptions and _thread.get_ident() not in OWN_THREADS:
                 if exc.__traceback__ is None and tb is not None:
                     exc = exc.with_traceback(tb)
                 self._exception(exc, False)
         except Exception:
-            self.counters.add("internal_errors")
+            self.state.counters.add("internal_errors")
 
     def _exception(self, exc: BaseException, handled: bool) -> str | None:
         if not self._tracking():
             return None
         from .exceptions import exception_meta
 
-        meta = exception_meta(exc, handled, self.config.exception_messages)
+        meta = exception_meta(exc, handled, self.state.config.exception_messages)
         if self.process_session:
             meta["session_id"] = self.process_session
-        return self._accept(self._internal_record(self.config.exception_activity, meta, time.time()))
+        return self._accept(self._internal_record(self.state.config.exception_activity, meta, time.time()))
 
     @_guarded
     def set_property(self, slot: int, value: object) -> bool:
@@ -367,10 +379,10 @@ class Agent:
 
         key = custom_key(slot)
         if value is None:
-            self.properties.pop(key, None)
+            self.state.properties.pop(key, None)
             return True
         problems: list = []
-        self.properties[key] = clean_meta({key: value}, problems).get(key)
+        self.state.properties[key] = clean_meta({key: value}, problems).get(key)
         if problems:
             self._note(problems)
         return True
@@ -384,11 +396,11 @@ class Agent:
         """
         from .properties import license_fields
 
-        if self.config is None:
+        if self.state.config is None:
             return False
         problems: list = []
         flags = {"expired": expired, "activated": activated, "blocked": blocked, "allowed": allowed}
-        self.properties.update(license_fields(type, flags, key, self.config.license_secret, problems))
+        self.state.properties.update(license_fields(type, flags, key, self.state.config.license_secret, problems))
         if problems:
             self._note(problems)
         return True
@@ -397,34 +409,39 @@ class Agent:
         """Count the host's mistakes; ``strict`` makes them errors, otherwise ``status()`` lists them."""
         if self._strict:
             raise ValueError("; ".join(problems))
-        self.counters.add("coerced", len(problems))
+        self.state.counters.add("coerced", len(problems))
         self._problems.extend(problems)
 
-    def _accept(self, record: dict | None) -> str | None:
+    def _accept(self, record: dict | None, internal: bool = False) -> str | None:
+        """Hand a record to the worker: a ``deque.append`` and a lock-free count, nothing more."""
         if record is None:
             return None
-        if self.config.debug or not self.decision.enabled:
+        state = self.state
+        if self._exited and not internal:
+            state.counters.add("dropped.after_exit")
+            return None
+        if state.config.debug or not state.decision.enabled:
             self._print(record)
             return record["payload"]["event_id"]
-        if not self.buffer.put(record):
-            self.counters.add("dropped.buffer_full")
+        if not state.buffer.put(record):
+            state.counters.add("dropped.buffer_full")
             return None
-        self.counters.add("accepted")
+        state.counters.add("accepted")
         if self._thread is None:
             self._ensure_worker()
-        if not self.wake.is_set():
-            self.wake.set()
+        else:
+            state.waker.poke()
         return record["payload"]["event_id"]
 
     def _print(self, record: dict) -> None:
         """Debug mode: show the request that would be made, on stderr, and send nothing."""
         import json
 
-        why = "debug mode" if self.decision.enabled else self.decision.reason
+        why = "debug mode" if self.state.decision.enabled else self.state.decision.reason
         self.add_client_properties(record)
-        request = {"method": "POST", "url": self.config.endpoint + "/api/product/" +
+        request = {"method": "POST", "url": self.state.config.endpoint + "/api/product/" +
                    ("usage" if record["kind"] == "usage" else "aggregateusage"),
-                   "headers": {"X-API-KEY": "***" if self.config.api_key else "(none)"},
+                   "headers": {"X-API-KEY": "***" if self.state.config.api_key else "(none)"},
                    "body": {"payload": record["payload"]}}
         sys.stderr.write(f"[callhome] (not sent: {why}) {json.dumps(request, sort_keys=True)}\n")
 
@@ -432,10 +449,17 @@ class Agent:
     def _ensure_worker(self) -> None:
         import threading
 
-        with self._lock:
+        # not blocking: a signal handler's track() while init() holds the lock must not wait
+        if not self._lock.acquire(False):
+            return
+        try:
             if self._thread is None:
+                if self.state.waker is None:
+                    self.state.waker = Waker()
                 self._thread = threading.Thread(target=self._run_worker, name="callhome-worker", daemon=True)
                 self._thread.start()
+        finally:
+            self._lock.release()
         self._hook_exit()
 
     def _hook_exit(self) -> None:
@@ -446,26 +470,33 @@ class Agent:
     def _run_worker(self) -> None:
         import threading
 
-        from .worker import Worker  # the agent's only heavy imports, made on the worker's thread
+        try:
+            # the agent's only heavy imports, made on the worker's thread, all before it is ready
+            from ._worker.worker import Worker, preload
 
-        self._worker = Worker(self, threading.current_thread())
-        self._worker_ready.set()
+            preload(default_root=self.state.config.data_dir is None)
+            self._worker = Worker(self.state, self._port(), threading.current_thread())
+        finally:
+            self._worker_ready.set()
         self._worker.run()
+
+    def _port(self) -> HostPort:
+        return HostPort(self.queue_call_home, self.accept_session, self.refuse, self.client_properties)
 
     def _worker_within(self, timeout: float):
         """The Worker, waiting up to ``timeout`` for its thread to build it; None if not started."""
         if self._thread is None:
             return None
         if self._worker is None and not self._worker_ready.wait(timeout):
-            from .worker import Worker  # the thread is slow to start (a loaded machine): act here
+            from ._worker.worker import Worker  # the thread is slow to start (a loaded machine): act here
 
-            return Worker(self, self._thread)
+            return Worker(self.state, self._port(), self._thread)
         return self._worker
 
     @_guarded
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver everything queued so far (and any backlog on disk); True if it all went."""
-        if self.config is None or not self.decision.enabled or self.config.debug:
+        if self.state.config is None or not self.state.decision.enabled or self.state.config.debug:
             return True
         deadline = time.monotonic() + timeout
         self._ensure_worker()
@@ -486,15 +517,16 @@ class Agent:
 
     def refuse(self, decision: Decision) -> None:
         """The worker found telemetry off (a saved ``disable``, or no consent yet): keep nothing."""
-        self.decision = decision
-        self.counters.add("dropped.opted_out", len(self.buffer.drain()))
+        self.state.decision = decision
+        self.state.counters.add("dropped.opted_out", len(self.state.buffer.drain()))
 
     def _at_exit(self) -> None:
         try:
             self._end_sessions()
-            worker = self._worker_within(0) if self.config is not None else None
+            self._exited = True
+            worker = self._worker_within(0) if self.state.config is not None else None
             if worker is not None:
-                worker.stop(self.config.exit_timeout)
+                worker.stop(self.state.config.exit_timeout, exiting=True)
         except Exception:
             pass  # never a traceback at the host's exit
 
@@ -503,26 +535,28 @@ class Agent:
         # child would inherit held: its first use of them (at the latest its exit hook) would hang.
         thread = self._thread
         if thread is not None and thread.is_alive() and not self._worker_ready.is_set():
-            self._worker_ready.wait(1.0)
+            self._worker_ready.wait(FORK_WAIT)
 
     def _after_fork(self) -> None:
-        # The parent owns the records it buffered and its threads are gone here: start clean.
+        # The parent owns the records it buffered, its threads are gone here and its pipe is its
+        # own: start clean, keeping only the configuration.
         OWN_THREADS.clear()
-        self.buffer = Buffer(self.buffer.maxlen)
-        self.counter = None  # the parent merges its own counts
-        self.counters = Counters()
-        # the parent's sessions stay the parent's: a forked child (a pool worker) is part of its run
-        self.sessions = Sessions()
+        old = self.state
+        if old.waker is not None:
+            old.waker.close()
+        state = self.state = HostState(old.buffer.maxlen)
+        state.config, state.decision, state.static, state.base_meta = old.config, old.decision, old.static, old.base_meta
+        state.ephemeral_id, state.properties, state.count_meta = old.ephemeral_id, old.properties, old.count_meta
+        # the parent's counts and sessions stay the parent's: a forked child (a pool worker) is part of its run
         self.process_session = None
         self._lock = _thread.allocate_lock()
         self._forget_worker()
+        if old.config is not None and (old.decision.enabled and not old.config.debug):
+            _finalize_with_multiprocessing(self)
 
     def _forget_worker(self) -> None:
         import threading
 
-        self.wake = threading.Event()
-        #: Held while records taken from the buffer are being written: exit waits for it.
-        self.persist_lock = threading.Lock()
         self._worker, self._thread = None, None
         self._worker_ready = threading.Event()
 
@@ -533,7 +567,7 @@ class Agent:
         from ._fs import product_dir
         from .notice import notice_text
 
-        config = self.config
+        config = self.state.config
         if config is None:
             return ""
         directory = product_dir(config.product_id, config.data_dir) if config.data_dir else None
@@ -541,38 +575,52 @@ class Agent:
 
     @_guarded
     def status(self) -> dict:
-        """What the agent is doing and why, without touching the disk (see ``docs/architecture.md``)."""
-        config, worker = self.config, self._worker
-        sender = worker.sender if worker else None
-        dropped = self.counters.snapshot("dropped.")
+        """What the agent is doing and why, without touching the disk (see ``docs/architecture.md``).
+
+        Merges two snapshots: this process's counters, and the worker's (queue, sender), whose
+        counts include what the product's sender process did since this process started.
+        """
+        config, state, worker = self.state.config, self.state, self._worker
+        seen = worker.snapshot() if worker else {}
+        counts = worker.counts() if worker else state.counters.snapshot()
+        dropped = {k[len("dropped."):]: v for k, v in counts.items() if k.startswith("dropped.")}
         report = {
             "version": __version__,
             "product_id": config.product_id if config else None,
-            "enabled": self.decision.enabled,
-            "reason": self.decision.reason,
+            "enabled": state.decision.enabled,
+            "reason": state.decision.reason,
             "debug": bool(config and config.debug),
             "endpoint": config.endpoint if config else None,
             "api_key": "set" if config and config.api_key else "missing",
-            "installation_id": worker.installation_id if worker else None,
-            "disk": "memory-only: " + worker.disk_error if worker and worker.disk_error else "ok",
-            "queue_dir": getattr(worker.queue, "dir", None) if worker else None,
-            "state": sender.state if sender else "idle",
-            "buffered": len(self.buffer),
-            "counting": len(self.counter) if self.counter else 0,
-            "sessions": len(self.sessions),
-            "queued": worker.depth[0] if worker else 0,
-            "accepted": self.counters.get("accepted"),
-            "delivered": self.counters.get("delivered"),
-            "rejected": self.counters.get("rejected"),
+            "installation_id": seen.get("installation_id"),
+            "disk": seen.get("disk", "ok"),
+            "queue_dir": seen.get("queue_dir"),
+            "state": seen.get("state", "idle"),
+            "sender": seen.get("sender"),
+            "buffered": len(state.buffer),
+            "counting": len(state.counter) if state.counter else 0,
+            "sessions": len(state.sessions),
+            "queued": seen.get("queued", 0),
+            "accepted": counts.get("accepted", 0),
+            "delivered": counts.get("delivered", 0),
+            "rejected": counts.get("rejected", 0),
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),
-            "coerced": self.counters.get("coerced"),
-            "internal_errors": self.counters.get("internal_errors"),
-            "last_send": sender.last_send if sender else None,
+            "coerced": counts.get("coerced", 0),
+            "internal_errors": counts.get("internal_errors", 0),
+            "last_send": seen.get("last_send"),
             "problems": list(self._problems),
         }
         report["held"] = report["queued"] if report["state"].startswith("held") else 0
         return report
+
+
+def _finalize_with_multiprocessing(agent: Agent) -> None:
+    """A ``multiprocessing`` child ends with ``os._exit`` and skips ``atexit``; its own exit
+    functions run, so the child's records are saved there."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _weak_call(agent, "_at_exit"), exitpriority=-100)
 
 
 def _category(category: object, problems: list) -> str:

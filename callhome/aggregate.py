@@ -28,7 +28,7 @@ Done markers are kept for ``max_windows`` intervals; counts for windows older th
 late too, so the markers can go without a window ever being reported twice.
 
 Importing this module costs nothing beyond what ``callhome.payload`` already loaded, so the agent
-may import it eagerly: ``json``, ``uuid``, ``filelock`` and ``_fs`` are imported in the worker-side
+may import it eagerly: ``json``, ``uuid``, ``_lock`` and ``_fs`` are imported in the worker-side
 functions that need them.
 """
 
@@ -196,11 +196,11 @@ class AggregateStore:
         return f"w-{interval or self.interval}-{start}.{kind}"
 
     def _locked(self, timeout: float | None):
-        """The store's lock, acquired within ``timeout``; raises ``filelock.Timeout`` (an OSError)."""
-        from filelock import FileLock
+        """The store's lock, acquired within ``timeout``; raises ``_lock.Busy`` (an OSError)."""
+        from ._lock import FileLock
 
         wait = self.lock_timeout if timeout is None else max(timeout, 0.0)
-        return FileLock(self._path("lock"), timeout=wait, mode=0o600, poll_interval=min(0.01, wait or 0.01))
+        return FileLock(self._path("lock")).acquire(wait, poll=min(0.01, wait or 0.01))
 
     @property
     def _owner(self) -> str:
@@ -218,7 +218,7 @@ class AggregateStore:
         :return: counts dropped by reason: ``late`` (window already emitted, or older than
             ``max_windows`` intervals), ``activities`` and ``windows`` (caps; ``windows`` also
             takes windows more than a day in the future, i.e. a clock far ahead).
-        :raises filelock.Timeout: the lock is busy; give the partial back with :meth:`Counter.restore`.
+        :raises _lock.Busy: the lock is busy; give the partial back with :meth:`Counter.restore`.
         :raises OSError: the directory is unusable.
         """
         dropped = dict(_EMPTY)

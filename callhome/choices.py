@@ -14,7 +14,7 @@ import time
 
 from ._fs import atomic_write, ensure_private_dir, read_json
 
-__all__ = ["GLOBAL_FILE", "NOTICE_VERSION", "PRODUCT_FILE", "load", "paths", "save"]
+__all__ = ["GLOBAL_FILE", "NOTICE_VERSION", "PRODUCT_FILE", "Watch", "load", "paths", "save"]
 
 GLOBAL_FILE = "choices.json"
 PRODUCT_FILE = "choice.json"
@@ -42,6 +42,33 @@ def load(product_dir: str) -> dict:
     choices["consent"] = bool(saved_product.get("consent") or saved_global.get("consent"))
     choices["loaded"] = True  # consent="opt-in" can only be judged once the files were read
     return choices
+
+
+class Watch:
+    """The saved choices as they are now: ``callhome disable`` may run while a sender sends.
+
+    Asked before every request, so the files are read again only when they changed.
+    """
+
+    def __init__(self, product_dir: str | None) -> None:
+        self.product_dir = product_dir
+        self._stamp: tuple = ()
+        self._choices: dict = {}
+
+    def __call__(self) -> dict:
+        if self.product_dir is None:
+            return {}
+        stamp = tuple(_mtime(path) for path in paths(self.product_dir))
+        if stamp != self._stamp:
+            self._choices, self._stamp = load(self.product_dir), stamp
+        return self._choices
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def save(product_dir: str, scope: str = "product", **fields: object) -> str:

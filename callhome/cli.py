@@ -244,6 +244,7 @@ def _status_report(target: _Target) -> dict:
     report.update(_consent_report(target, saved))
     report.update(_paths_report(target))
     report.update(_queue_report(target, config))
+    report.update(_sender_report(target))
     return report
 
 
@@ -283,6 +284,24 @@ def _queue_report(target: _Target, config) -> dict:
         "last_call_home": _when(queue.state("call_home").get("at")),
         "last_send": _log_row(last[-1]) if last else None,
     }
+
+
+def _sender_report(target: _Target) -> dict:
+    """The product's sender: running or not (its lock is held for its whole life), and what it said."""
+    from ._lock import is_held
+    from .sender.loop import LOCK_NAME, read_status
+
+    queue = target.queue()
+    status = read_status(queue.dir)
+    running = is_held(queue.lock_path(LOCK_NAME))
+    last_error = status.get("last_error") or {}
+    return {"sender": ("running" if running else "not running") + (f" ({status.get('mode')})" if running else ""),
+            "sender_pid": status.get("pid") if running else None,
+            "sender_since": _when(status.get("started")) if running else None,
+            "sender_sent": (status.get("counts") or {}).get("delivered", 0) if status else 0,
+            "sender_ended": None if running else status.get("ended"),
+            "sender_last_error": f"{_when(last_error.get('at'))} {last_error.get('status') or ''} "
+                                 f"{last_error.get('detail') or ''}".strip() if last_error else None}
 
 
 def _count(queue_dir: str, sub: str) -> int:
@@ -371,7 +390,7 @@ def _call_home_record(target: _Target, is_ci: bool) -> dict:
 def _request(config, record: dict) -> dict:
     """Method, URL, headers (key masked) and body, as ``HttpTransport.send`` would make them."""
     from ._version import __version__
-    from .delivery import fill_identity
+    from .sender.delivery import fill_identity
     from .schema import AGGREGATE_PATH, USAGE_PATH
 
     payload = fill_identity(record["payload"], config)
@@ -413,7 +432,8 @@ def _flush(target: _Target, args: argparse.Namespace) -> int:
               "the events", file=sys.stderr)
     from .agent import Agent
 
-    agent = Agent(**dict(target.kwargs(), call_home_interval=0, sessions=False))
+    # the product's sender, in the foreground (a detached one already running takes part)
+    agent = Agent(**dict(target.kwargs(), call_home_interval=0, sessions=False, sender="thread"))
     delivered_all = _flush_with_progress(agent, args.ch_timeout, total)
     status = agent.status()
     agent.shutdown(0.5)
@@ -550,9 +570,9 @@ def _environment_veto(target: _Target) -> str | None:
         decision = target.decision(with_choices=False)
         return None if decision.enabled else decision.reason
     from .config import env_flag
-    from .optout import detect_ci
+    from .optout import OPT_OUT_VARIABLES, detect_ci
 
-    for name in ("CALLHOME_DISABLED", "CALLHOME_DISABLE", "DO_NOT_TRACK"):
+    for name in OPT_OUT_VARIABLES:
         if env_flag(os.environ.get(name)):
             return f"disabled by {name}={os.environ[name].strip()}"
     return "CI detected" if detect_ci(os.environ) else None
@@ -679,11 +699,10 @@ def _flag(name: str, effect: str) -> str:
 
 
 def _optout_rows(target: _Target) -> list:
-    from .optout import product_variable
+    from .optout import OPT_OUT_VARIABLES, product_variable
 
     config = target.config()
-    names = ("CALLHOME_DISABLED", "CALLHOME_DISABLE", "DO_NOT_TRACK", product_variable(config),
-             *config.optout_env)
+    names = (*OPT_OUT_VARIABLES, product_variable(config), *config.optout_env)
     rows = [_row(name, _flag(name, "opts out")) for name in names]
     rows.append(_row("CALLHOME_DEBUG", _flag("CALLHOME_DEBUG", "debug: print payloads, send nothing")))
     rows.append(_row("CALLHOME_LOG_FILE", _if_set("CALLHOME_LOG_FILE", "sent requests also go to this file")))
@@ -838,7 +857,7 @@ def _remote_report(url: str, key: str, document: dict, timeout: float) -> dict |
 def _sent_payloads(args: argparse.Namespace) -> list:
     """The payloads the product's agent delivered (outcome ``ok``), from its bounded sent log."""
     from . import sentlog
-    from .transport import OK
+    from .sender.transport import OK
 
     path = _Target(_Host(None, {}), args.application, args).path(sentlog.FILE)
     return [entry.get("payload") for entry in sentlog.tail(path, sys.maxsize) if entry.get("outcome") == OK]

@@ -29,6 +29,8 @@ ENV = {
     "CALLHOME_RELAY": "relay",
     "CALLHOME_AGGREGATE_INTERVAL": "aggregate_interval",
     "CALLHOME_HEARTBEAT_INTERVAL": "heartbeat_interval",
+    "CALLHOME_SENDER": "sender",
+    "CALLHOME_SENDER_IDLE": "sender_idle_timeout",
 }
 
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -46,7 +48,7 @@ class Config:
         "send_in_ci", "env_prefix", "optout_env", "consent", "cli_command", "aggregate_interval",
         "activity_modes", "max_buffer", "max_queue_events",
         "max_queue_bytes", "max_age", "max_attempts", "max_event_bytes", "fsync",
-        "problems",
+        "sender", "sender_idle_timeout", "sender_lifetime", "problems",
     )
 
     def __init__(self, **values: object) -> None:
@@ -58,6 +60,18 @@ class Config:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError("Config is immutable; call init() again to change it")
+
+    def to_dict(self) -> dict:
+        """Every field, for the sender process (which gets it over a pipe: it holds the key)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        """The inverse of :meth:`to_dict` after a JSON round trip. :raises KeyError, TypeError: when
+        ``values`` is not a whole configuration."""
+        values = dict(values)
+        values["optout_env"] = tuple(values["optout_env"])
+        return cls(**values)
 
     def __repr__(self) -> str:
         shown = {n: getattr(self, n) for n in self.__slots__ if n not in ("api_key", "license_secret")}
@@ -114,6 +128,9 @@ _OPTIONS = {
     "max_attempts": (12, (), "count"),
     "max_event_bytes": (32 * 1024, (), "count"),
     "fsync": (False, (), "bool"),
+    "sender": ("auto", ("CALLHOME_SENDER",), "sender"),
+    "sender_idle_timeout": (30.0, ("CALLHOME_SENDER_IDLE",), "seconds"),
+    "sender_lifetime": (3600.0, (), "interval"),
 }
 
 
@@ -168,7 +185,8 @@ _HINTS = {"endpoint": "use https://, or http:// only to a loopback address, with
           "source": "use TELEMETRY or PRODUCT_CLOUD", "seconds": "use a number of seconds >= 0",
           "count": "use a whole number > 0", "bool": "use true or false",
           "consent": "use 'opt-out' or 'opt-in'", "interval": "use seconds from 1 to 31 days",
-          "modes": "use {activity: 'single' | 'aggregate' | 'both'}"}
+          "modes": "use {activity: 'single' | 'aggregate' | 'both'}",
+          "sender": "use 'auto', 'process' or 'thread'"}
 
 
 def _invalid(what: str, kind: str | None) -> str:
@@ -200,6 +218,9 @@ def _parse(value: object, kind: str | None) -> object:
             return seconds if 1 <= seconds <= 31 * 86400 else _BAD
         if kind == "modes":
             return _modes(value)
+        if kind == "sender":
+            mode = str(value).strip().lower()
+            return mode if mode in ("auto", "process", "thread") else _BAD
     except (TypeError, ValueError):
         pass
     return _BAD

@@ -35,7 +35,10 @@ def run_demo(events: int = 3) -> int:
             status, elapsed = _run_host(code, os.path.join(tmp, "state"))
             print(f"host ran in {elapsed * 1000:.0f} ms; its callhome.status():")
             _show_status(status)
-            print(f"\nthe collector received {server.store.count()} event(s):")
+            # the session record the host queued as it exited goes out through the product's sender
+            waited = _until_delivered(os.path.join(tmp, "state", "demo-cli"))
+            print(f"\nafter the host exited, its sender delivered what it left ({waited * 1000:.0f} ms); "
+                  f"the collector received {server.store.count()} event(s):")
             for event in reversed(server.store.events(limit=50)):
                 _show_event(event["payload"])
             print("\nthe same host with DO_NOT_TRACK=1:")
@@ -44,6 +47,25 @@ def run_demo(events: int = 3) -> int:
             print(f"    enabled={status.get('enabled')} reason={status.get('reason')!r}; "
                   f"new events at the collector: {server.store.count() - before}")
     return 0
+
+
+def _until_delivered(product_dir: str, timeout: float = 15.0) -> float:
+    """Seconds until the product's queue is empty (its detached sender delivered it)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        waiting = [name for sub in ("ready", "inflight")
+                   for name in _listing(os.path.join(product_dir, "queue-v1", sub))]
+        if not waiting:
+            break
+        time.sleep(0.05)
+    return time.perf_counter() - started
+
+
+def _listing(path: str) -> list:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def _run_host(code: str, state_dir: str, **extra_env: str) -> tuple[dict, float]:
@@ -64,6 +86,8 @@ def _show_status(status: dict) -> None:
             "dropped_total", "last_send")
     for key in keys:
         print(f"    {key:<16} {status.get(key)}")
+    sender = status.get("sender") or {}
+    print(f"    {'sender':<16} {sender.get('mode')}, pid {sender.get('pid')}, sent {sender.get('sent')}")
 
 
 def _show_event(payload: dict) -> None:

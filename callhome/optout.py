@@ -11,7 +11,7 @@ import os
 
 from .config import Config, env_flag
 
-__all__ = ["CI_VARIABLES", "Decision", "decide", "detect_ci", "product_variable"]
+__all__ = ["CI_VARIABLES", "OPT_OUT_VARIABLES", "Decision", "decide", "detect_ci", "product_variable"]
 
 #: Variables whose non-empty value means "this is a CI run" (one test per entry guards the list).
 CI_VARIABLES = (
@@ -55,6 +55,10 @@ def detect_ci(environ: os._Environ | dict) -> bool:
     return any(all((environ.get(n) or "").strip() for n in pair) for pair in _CI_PAIRS)
 
 
+#: The variables an end user sets to opt out of every product (each product adds its own).
+OPT_OUT_VARIABLES = ("CALLHOME_DISABLED", "CALLHOME_DISABLE", "DO_NOT_TRACK")
+
+
 def decide(config: Config, environ: os._Environ | dict | None = None, choices: dict | None = None) -> Decision:
     """Apply the precedence of ``docs/privacy.md``; the first opt-out found is the reason.
 
@@ -64,8 +68,7 @@ def decide(config: Config, environ: os._Environ | dict | None = None, choices: d
     environ = os.environ if environ is None else environ
     if not config.enabled:
         return Decision(False, "disabled by the host application (enabled=False)")
-    for name in ("CALLHOME_DISABLED", "CALLHOME_DISABLE", "DO_NOT_TRACK", product_variable(config),
-                 *config.optout_env):
+    for name in (*OPT_OUT_VARIABLES, product_variable(config), *config.optout_env):
         if env_flag(environ.get(name)):
             return Decision(False, f"disabled by {name}={environ.get(name, '').strip()}")
     choices = choices or {}

@@ -24,6 +24,40 @@ _OWN_PREFIXES = ("CALLHOME_", "REO_")
 _CI_EXTRA = ("CI", "BUILD_ID", "BUILD_URL", "PROJECT_ID", "DO_NOT_TRACK")
 
 
+#: Inherited by every process the suite starts (hosts, and the senders they start), so that the
+#: senders of this run, and of no other run on the machine, can be found at its end.
+RUN_MARKER = "PYTEST_CALLHOME_RUN"
+os.environ[RUN_MARKER] = uuid.uuid4().hex
+
+
+def senders_of_this_run() -> list:
+    """Pids of live ``python -m callhome _sender`` processes started by this test run (Linux)."""
+    found = []
+    marker = f"{RUN_MARKER}={os.environ[RUN_MARKER]}".encode()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"_sender" in cmdline and b"callhome" in cmdline and marker in environ:
+            found.append(int(pid))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_sender_outlives_the_suite():
+    """Every sender exits once idle (``CALLHOME_SENDER_IDLE=2`` here): none is left at the end."""
+    yield
+    left = wait_until(lambda: not senders_of_this_run(), timeout=30, interval=0.2)
+    stragglers = senders_of_this_run()
+    for pid in stragglers:
+        os.kill(pid, 9)
+    assert left or not stragglers, f"senders still running 30 s after the suite: {stragglers}"
+
+
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch, tmp_path):
     """No variable of the machine (CI markers, opt-outs, a developer's CALLHOME_*) leaks into a test,
@@ -33,6 +67,8 @@ def clean_environ(monkeypatch, tmp_path):
                 or name.endswith("_TELEMETRY_DISABLED")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("CALLHOME_DIR", str(tmp_path / "state"))
+    # the senders a test starts exit soon after their work is done (the suite checks at its end)
+    monkeypatch.setenv("CALLHOME_SENDER_IDLE", "2")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / ".local" / "state"))
 

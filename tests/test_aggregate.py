@@ -293,7 +293,7 @@ def test_a_busy_lock_gives_the_partial_back_to_the_counter(store_dir):
         counter = Counter(HOUR)
         counter.add("primary", 4, BASE + 1)
         started = time.monotonic()
-        with pytest.raises(TimeoutError):  # filelock.Timeout
+        with pytest.raises(TimeoutError):  # callhome._lock.Busy
             cycle(counter, shared, BASE + 2)
         assert time.monotonic() - started < 1.0
         assert counter.drain() == {(BASE, "primary"): 4}

@@ -41,6 +41,9 @@ DEFAULTS = {
     "max_attempts": 12,
     "max_event_bytes": 32 * 1024,
     "fsync": False,
+    "sender": "auto",
+    "sender_idle_timeout": 30.0,
+    "sender_lifetime": 3600.0,
     "product_build": None,
     "product_edition": None,
     "product_language": None,
@@ -68,6 +71,8 @@ ENV_EXAMPLES = {
     "CALLHOME_RELAY": ("yes", True),
     "CALLHOME_AGGREGATE_INTERVAL": ("600", 600.0),
     "CALLHOME_HEARTBEAT_INTERVAL": ("60", 60.0),
+    "CALLHOME_SENDER": ("Thread", "thread"),
+    "CALLHOME_SENDER_IDLE": ("5", 5.0),
 }
 
 # An argument value for the option each variable sets, different from ENV_EXAMPLES.
@@ -82,6 +87,8 @@ ARGUMENTS = {
     "call_home_interval": 120.0,
     "aggregate_interval": 900.0,
     "heartbeat_interval": 30.0,
+    "sender": "process",
+    "sender_idle_timeout": 12.0,
     "timeout": 3.0,
     "relay": False,
 }

@@ -107,9 +107,10 @@ def test_exit_is_not_delayed_by_a_dead_server(server, make_agent, collector, sta
     assert set(ids) <= delivered, "an event tracked right before exit was lost"
 
 
-def test_exit_while_the_worker_waits_for_an_answer(silent_server, make_agent, collector, state_dir):
-    """The worker is inside a request that will never be answered when the host returns from main."""
-    options = host_options(collector, state_dir, endpoint=silent_server.url, timeout=30)
+def test_exit_while_the_thread_sender_waits_for_an_answer(silent_server, make_agent, collector, state_dir):
+    """The thread sender is inside a request that will never be answered when the host returns
+    from main (a detached sender's request is no business of the host's exit at all)."""
+    options = host_options(collector, state_dir, endpoint=silent_server.url, timeout=30, sender="thread")
     host = start_host(f"""
         import sys, callhome
         callhome.init({options})

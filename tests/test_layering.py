@@ -23,6 +23,8 @@ PACKAGE_DIR = Path(callhome.__file__).parent
 PURE = {"callhome.config", "callhome.optout", "callhome.payload", "callhome.schema", "callhome.backoff",
         "callhome.buffer", "callhome.sessions"}
 CONSTANTS = {"callhome._version"}
+#: What the host hands the worker; host side, built from the pure modules only.
+HOST_STATE = {"callhome._state"}
 
 
 def module_name(path: Path) -> str:
@@ -109,12 +111,12 @@ def third_party(module: str) -> list:
 
 
 def test_the_graph_is_read():
-    assert set(PURE) | {"callhome.agent", "callhome.queue", "callhome.transport", "callhome.cli",
+    assert set(PURE) | {"callhome.agent", "callhome.queue", "callhome.sender.transport", "callhome.cli",
                         "callhome.__main__", "callhome.collector.app"} <= set(SOURCES)
     assert "callhome.config" in internal("callhome.agent")
     assert ("callhome.schema", False) in GRAPH["callhome.collector.app"]
-    assert ("requests", True) in GRAPH["callhome.transport"]
-    assert "callhome.worker" in internal("callhome.agent") - internal("callhome.agent", eager_only=True)
+    assert ("requests", True) in GRAPH["callhome.sender.transport"]
+    assert "callhome._worker.worker" in internal("callhome.agent") - internal("callhome.agent", eager_only=True)
 
 
 @pytest.mark.parametrize("module", sorted(PURE))
@@ -125,14 +127,30 @@ def test_pure_modules_import_only_the_stdlib_and_each_other(module):
 
 
 def test_transport_and_queue_are_independent():
-    assert "callhome.queue" not in closure("callhome.transport")
-    assert "callhome.transport" not in closure("callhome.queue")
-    assert {"callhome.queue", "callhome.memqueue"} & internal("callhome.transport") == set()
-    assert {"callhome.transport", "callhome.delivery"} & internal("callhome.queue") == set()
+    assert "callhome.queue" not in closure("callhome.sender.transport")
+    assert "callhome.sender.transport" not in closure("callhome.queue")
+    assert {"callhome.queue", "callhome.memqueue"} & internal("callhome.sender.transport") == set()
+    assert {"callhome.sender.transport", "callhome.sender.delivery"} & internal("callhome.queue") == set()
+
+
+def test_data_flows_down_host_worker_sender_transport():
+    """Nothing below the host imports the agent; the sender never imports the worker."""
+    below_host = [m for m in SOURCES if m.startswith(("callhome._worker", "callhome.sender"))]
+    for module in below_host:
+        assert "callhome.agent" not in closure(module), module
+    for module in (m for m in SOURCES if m.startswith("callhome.sender")):
+        assert not any(t.startswith("callhome._worker") for t in closure(module)), module
+
+
+def test_the_worker_package_is_imported_lazily_and_only_by_the_agent():
+    importers = {m for m in SOURCES if not m.startswith("callhome._worker")
+                 and any(t.startswith("callhome._worker") for t in internal(m))}
+    assert importers == {"callhome.agent"}
+    assert not any(t.startswith("callhome._worker") for t in internal("callhome.agent", eager_only=True))
 
 
 #: The agent's delivery path that the relay reuses on a server; imported lazily, only by relay.py.
-RELAY_DELIVERY = {"callhome.queue", "callhome.delivery", "callhome.transport", "callhome.config",
+RELAY_DELIVERY = {"callhome.queue", "callhome.sender.delivery", "callhome.sender.transport", "callhome.config",
                   "callhome.optout", "callhome.buffer"}
 
 
@@ -147,7 +165,7 @@ def test_collector_uses_only_schema_and_the_stdlib(module):
 def test_only_the_relay_uses_the_delivery_path_and_only_lazily():
     eager = {t for t in internal("callhome.collector.relay", eager_only=True) if not t.startswith("callhome.collector")}
     assert eager <= {"callhome.schema"}
-    assert "callhome.delivery" in internal("callhome.collector.relay")
+    assert "callhome.sender.delivery" in internal("callhome.collector.relay")
     # so a collector that does not relay never loads requests
     assert RELAY_DELIVERY.isdisjoint(closure("callhome.collector.app", eager_only=True))
 
@@ -155,6 +173,8 @@ def test_only_the_relay_uses_the_delivery_path_and_only_lazily():
 def test_only_main_imports_the_cli():
     importers = {m for m in SOURCES if "callhome.cli" in internal(m)}
     assert importers == {"callhome.__main__"}
+    # the detached sender's entry point does not load the CLI either
+    assert "callhome.cli" not in closure("callhome.sender.process")
 
 
 @pytest.mark.parametrize("module", sorted(SOURCES))
@@ -164,7 +184,7 @@ def test_third_party_packages_are_imported_lazily(module):
 
 def test_import_callhome_loads_only_the_agent_and_the_pure_modules():
     loaded = closure("callhome", eager_only=True, parents=True)
-    assert loaded <= PURE | CONSTANTS | {"callhome", "callhome.agent"}, sorted(loaded)
+    assert loaded <= PURE | CONSTANTS | HOST_STATE | {"callhome", "callhome.agent"}, sorted(loaded)
     assert "callhome.agent" in loaded
 
 

@@ -66,17 +66,21 @@ IMPORTS = """
 """
 
 
+@pytest.mark.parametrize("sender", ["process", "thread"])
 @pytest.mark.parametrize("interval", [0, 3600], ids=["track starts the worker", "init starts the worker"])
-def test_host_thread_never_imports_heavy_packages(collector, state_dir, interval):
-    code = IMPORTS.format(heavy=HEAVY, options=host_options(collector, state_dir, call_home_interval=interval))
-    done = run_host(code)
+def test_host_thread_never_imports_heavy_packages(collector, state_dir, interval, sender):
+    options = host_options(collector, state_dir, call_home_interval=interval, sender=sender)
+    done = run_host(IMPORTS.format(heavy=HEAVY, options=options))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     preloaded = set(report["preloaded"])  # by the interpreter's site hooks, if any: not callhome's doing
     assert set(report["after_import"]) - preloaded == set()
     assert report["before_flush"] == [] and report["on_host_thread"] == []
     assert report["flushed"] is True
-    assert {"requests", "urllib3", "filelock"} - preloaded <= set(report["on_worker"])  # the spy sees imports
+    if sender == "process":  # the host's process never loads the network stack, nor filelock
+        assert set(report["on_worker"]) & {"requests", "urllib3", "filelock"} == set()
+    else:  # the thread sender loads requests on its own thread (the spy sees imports)
+        assert {"requests", "urllib3"} - preloaded <= set(report["on_worker"])
 
 
 def test_import_callhome_imports_no_third_party_package():

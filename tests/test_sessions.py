@@ -313,7 +313,7 @@ def test_two_processes_after_a_crash_recover_each_session_once(collector, state_
     options = host_options(collector, state_dir, sessions=True, endpoint=closed_port_url())
     code = f"""
         import time, callhome
-        import callhome.worker, requests  # imported already (the worker's own imports): a tight start
+        import callhome._worker.worker, requests  # imported already (the worker's own imports): a tight start
         time.sleep(max({at!r} - time.time(), 0))
         callhome.init({options})
         time.sleep(0.2)

@@ -10,7 +10,7 @@ from conftest import API_KEY
 from callhome.collector import CollectorServer, Store, make_app
 from callhome.collector.app import AUTH_FAILURE, SUCCESS
 from callhome.payload import new_event_id
-from callhome.transport import AUTH, MISCONFIGURED_DELAY, OK, REJECTED, RETRY, HttpTransport, classify
+from callhome.sender.transport import AUTH, MISCONFIGURED_DELAY, OK, REJECTED, RETRY, HttpTransport, classify
 
 
 def failure(status, message="bad"):

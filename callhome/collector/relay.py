@@ -126,7 +126,7 @@ class Relay:
 
     def __init__(self, endpoint: str, api_key: str, directory: str, interval: float = INTERVAL) -> None:
         from callhome.buffer import Counters
-        from callhome.delivery import Sender
+        from callhome.sender.delivery import Sender
         from callhome.queue import DiskQueue
 
         check_key(api_key)
@@ -252,7 +252,7 @@ class Relay:
             if self._memory:
                 self._write_memory()
         try:
-            self.sender.run(self.config, force=False, between=lambda: 0, stopping=self._stop.is_set)
+            self.sender.run(self.config, force=False, stopping=self._stop.is_set)
         except Exception as exc:  # the relay thread must outlive any one bad cycle
             logger.warning("relay: delivery cycle failed: %s", exc.__class__.__name__)
 

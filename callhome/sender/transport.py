@@ -9,9 +9,9 @@ import json
 import os
 import time
 
-from ._version import __version__
-from .backoff import parse_retry_after
-from .schema import AGGREGATE_PATH, USAGE_PATH
+from .._version import __version__
+from ..backoff import parse_retry_after
+from ..schema import AGGREGATE_PATH, USAGE_PATH
 
 __all__ = ["AUTH", "OK", "REJECTED", "RETRY", "HttpTransport", "SendResult", "classify"]
 

@@ -1,4 +1,5 @@
-"""The sessions' crash journal: ``sessions/<pid>-<id>.json`` in the product directory.
+"""The sessions' crash journal: ``sessions/<pid>-<id>.json`` in the product directory, and the
+worker's :class:`SessionJournal`, which keeps it.
 
 The worker rewrites it at every heartbeat and whenever sessions open or close, so that a
 process killed without running its exit hook loses at most one heartbeat of runtime: the next
@@ -9,10 +10,14 @@ sessions at their last heartbeat. Worker thread only.
 from __future__ import annotations
 
 import os
+import threading
+import time
+from typing import Callable
 
-from ._fs import ensure_private_dir, read_json, unlink_quietly, write_json
+from .._fs import ensure_private_dir, read_json, unlink_quietly, write_json
+from .._state import HostState
 
-__all__ = ["recover", "remove_journal", "write_journal"]
+__all__ = ["SessionJournal", "recover", "remove_journal", "write_journal"]
 
 _JOURNAL_DIR = "sessions"
 _CLAIMED = ".closing"
@@ -105,3 +110,58 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True  # exists (another user's), or a platform where we cannot tell
     return True
+
+
+class SessionJournal:
+    """The worker's side of sessions: the heartbeat, and closing crashed processes' sessions."""
+
+    def __init__(self, state: HostState, accept_session: Callable[[str, str, float, float, str], None]) -> None:
+        self.state = state
+        self.accept_session = accept_session
+        self.active = False  # a journal of this process is on disk
+        self.version = -1  # the sessions' version it holds
+        self.written_at = 0.0
+        self.recovered = False  # whether this process looked for crashed processes' sessions
+
+    def enabled(self, directory: str | None, disk_ok: bool) -> bool:
+        return bool(self.state.config and self.state.config.sessions and directory and disk_ok)
+
+    def recover(self, directory: str, lock: threading.Lock, persist: Callable[[], int],
+                disk_ok: Callable[[], bool]) -> None:
+        """Close the sessions of processes that died without their exit hook, at their last heartbeat.
+
+        Once per process: when the thread starts, or at exit if the run was too short for that.
+        ``lock`` is the persist lock: exit persists the claimed sessions, only in memory until then.
+        """
+        with lock:
+            if self.recovered:
+                return
+            self.recovered = True
+            stale = 3 * self.state.config.heartbeat_interval + 60
+            found, claimed = recover(directory, stale, time.time())
+            for session_id, kind, start, beat in found:
+                self.accept_session(session_id, kind, start, beat, "recovered")
+        if claimed:
+            persist()
+            if disk_ok():  # on disk now: the claimed journals can go
+                for path in claimed:
+                    unlink_quietly(path)
+
+    def beat(self, directory: str) -> None:
+        """Rewrite the journal when sessions changed or a heartbeat interval has passed."""
+        current = self.state.sessions
+        now = time.time()
+        if self.version == current.version and now - self.written_at < self.state.config.heartbeat_interval:
+            return
+        version, open_sessions = current.snapshot()
+        if not open_sessions and not self.active:
+            return  # nothing to journal yet
+        existed = write_journal(directory, current.name, now, open_sessions)
+        if self.active and not existed:
+            current.restart_all(self.written_at)  # closed by another process at that heartbeat
+        self.active, self.version, self.written_at = True, version, now
+
+    def close(self, directory: str | None) -> None:
+        """At exit, once the sessions' records are queued: the journal has nothing left to say."""
+        if self.active and directory:
+            remove_journal(directory, self.state.sessions.name)

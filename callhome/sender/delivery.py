@@ -1,26 +1,29 @@
 """One delivery cycle: claim batches from the queue, send their records, settle each answer.
 
-Runs on the worker thread only. Holds ``flush.lock`` for one bounded cycle so that one process
-per host sends at a time; the shared ``backoff`` and ``auth`` states keep every other process
-of the product off the network while the server is failing or refusing the key.
+Runs in the product's sender (a detached process, or a thread where no process can be
+started). Holds ``flush.lock`` for one bounded cycle so that one sender per host sends at a time;
+the shared ``backoff`` and ``auth`` states keep every other process of the product off the
+network while the server is failing or refusing the key.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import threading
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
-from . import backoff, sentlog
-from ._log import logger
-from .buffer import OWN_THREADS, Counters
-from .config import Config
-from .optout import decide
+from .. import backoff, sentlog
+from .._lock import Busy, FileLock
+from .._log import logger
+from ..buffer import OWN_THREADS, Counters
+from ..config import Config
+from ..optout import OPT_OUT_VARIABLES, decide
 from .transport import AUTH, OK, REJECTED, HttpTransport, SendResult
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "SenderState", "Transport", "fill_identity", "key_hash", "paused_until"]
 
 #: How long a refused key keeps this product quiet before one probe, unless the key changes.
 AUTH_PAUSE = 3600.0
@@ -28,25 +31,51 @@ AUTH_PAUSE = 3600.0
 CYCLE_BUDGET = 10.0
 #: Records waiting beyond which a second connection drains in parallel.
 PARALLEL_BACKLOG = 64
-#: Renaming a claim after every record costs a fifth of a loopback request; every 16 is enough.
-RENEW_EVERY = 16
-#: Records persisted between two sends that mean "the host is tracking in a burst".
-BURST_RECORDS = 64
 
 
-#: The variables an end user sets to opt out while a product runs (the product's own is in decide()).
-_WATCHED = ("CALLHOME_DISABLED", "CALLHOME_DISABLE", "DO_NOT_TRACK")
+class SenderState(enum.Enum):
+    """What the sender is doing; ``status()`` shows ``"<value>: <detail>"`` (docs/architecture.md)."""
+
+    #: nothing to send, or everything sent
+    IDLE = "idle"
+    #: a cycle is running, or ran out of its budget with more to do
+    SENDING = "sending"
+    #: another process holds ``flush.lock`` and sends for the product
+    OTHER_PROCESS = "another process is sending"
+    #: the endpoint failed; every process waits until the shared ``backoff.json`` says
+    BACKOFF = "backoff"
+    #: the endpoint refused the API key; every process waits (``auth.json``) unless the key changes
+    AUTH_FAILED = "auth_failed"
+    #: records wait for an ``ip_addr`` or ``domain``
+    HELD = "held"
+    #: an opt-out or a saved ``disable``: the queue was purged
+    DISABLED = "disabled"
+    #: the first-run notice was just shown on a terminal: the next run sends
+    DEFERRED = "deferred"
+
+
+class Transport(Protocol):
+    """What the sender needs of a transport (``HttpTransport``; tests may inject their own)."""
+
+    def send(self, kind: str, payload: dict) -> SendResult: ...
+
+    def url(self, kind: str) -> str: ...
+
+    def close(self) -> None: ...
+
+
+TransportFactory = Callable[[str, "str | None", float], Transport]
 
 
 class _Cycle:
     """One delivery cycle's settings, sending mode, deadline and stop flag, shared by its threads."""
 
-    __slots__ = ("config", "mode", "force", "between", "stopping", "deadline", "halted")
+    __slots__ = ("config", "mode", "force", "stopping", "deadline", "halted")
 
-    def __init__(self, config: Config, mode: str, force: bool, between: Callable[[], None],
-                 stopping: Callable[[], bool], deadline: float) -> None:
+    def __init__(self, config: Config, mode: str, force: bool, stopping: Callable[[], bool],
+                 deadline: float) -> None:
         self.config, self.mode, self.force = config, mode, force
-        self.between, self.stopping, self.deadline = between, stopping, deadline
+        self.stopping, self.deadline = stopping, deadline
         self.halted = False
 
     def over(self) -> bool:
@@ -61,7 +90,8 @@ class Sender:
     """Delivers the queue of one product; remembers the last answer for ``status()``."""
 
     def __init__(self, queue, counters: Counters, choices: Callable[[], dict] = dict,
-                 honour_opt_outs: bool = True) -> None:
+                 honour_opt_outs: bool = True, transport: TransportFactory = HttpTransport,
+                 progress: Callable[[], None] = lambda: None) -> None:
         self.queue = queue
         self.counters = counters
         self.choices = choices
@@ -72,56 +102,75 @@ class Sender:
         self.deferred = False
         #: True while a request is on the wire: exit waits for it, within its budget.
         self.in_flight = False
+        self.kind = SenderState.IDLE
+        self.detail = ""
+        self.last_send: dict | None = None
+        #: called after the records of a batch are settled, before the batch leaves the queue:
+        #: whoever watches the queue empty then also sees the counts that emptied it
+        self.progress = progress
+        self._new_transport = transport
         self._sent: list = []
         self._decided: tuple = (None, None)
-        self.state = "idle"
-        self.last_send: dict | None = None
+        self._backing_off = True  # clear a stale shared backoff on the first success of this process
         self._transports: dict = {}
-        self._lock = None
-        self._lock_pid = None
+        self._lock: FileLock | None = None
+
+    @property
+    def state(self) -> str:
+        """The documented ``status()`` string: the state's value, then its detail."""
+        return f"{self.kind.value}: {self.detail}" if self.detail else self.kind.value
+
+    def _set(self, kind: SenderState, detail: str = "") -> None:
+        self.kind, self.detail = kind, detail
 
     # -- the cycle -----------------------------------------------------------------------------
-    def run(self, config: Config, force: bool, between: Callable[[], None],
-            stopping: Callable[[], bool]) -> bool:
+    def run(self, config: Config, force: bool, stopping: Callable[[], bool] = lambda: False) -> bool:
         """Send what is eligible; True when the cycle went through without a failure or a pause."""
         now = time.time()
-        blocked = self._blocked(config, force, now)
-        if blocked:
-            self.state = blocked
+        if self._blocked(config, force, now):
             return False
         mode = self._acquire(force)
         if mode is None:
-            self.state = "another process is sending"
+            self._set(SenderState.OTHER_PROCESS)
             return False
-        cycle = _Cycle(config, mode, force, between, stopping, now + CYCLE_BUDGET)
+        cycle = _Cycle(config, mode, force, stopping, now + CYCLE_BUDGET)
         try:
             self.queue.recover(mode == "L", now)
-            self.state = "sending"
+            self._set(SenderState.SENDING)
             finished = self._drain_all(cycle)
         finally:
             self._release()
             self._write_sent_log()
         if finished:
-            self.state = "idle"
+            self._set(SenderState.IDLE)
         elif not cycle.halted:
-            self.state = "sending"  # out of budget or stopping: more to do, nothing failed
+            self._set(SenderState.SENDING)  # out of budget or stopping: more to do, nothing failed
         return finished
 
-    def _blocked(self, config: Config, force: bool, now: float) -> str | None:
+    def _blocked(self, config: Config, force: bool, now: float) -> bool:
+        """Whether the product must not send now; the state says why."""
         decision = decide(config, choices=self.choices()) if self.honour_opt_outs else None
         if decision is not None and not decision.enabled:
             self.counters.add("dropped.opted_out", self.queue.purge())
-            return "disabled: " + str(decision.reason)
-        if self.deferred:
-            return "deferred: the first-run notice was just shown; sending starts with the next run"
-        if not config.has_identity:
-            return "held: no ip_addr or domain configured"
+            self._set(SenderState.DISABLED, str(decision.reason))
+        elif self.deferred:
+            self._set(SenderState.DEFERRED, "the first-run notice was just shown; sending starts with the next run")
+        elif not config.has_identity:
+            self._set(SenderState.HELD, "no ip_addr or domain configured")
+        elif self.auth_paused(config, now):
+            self._set(SenderState.AUTH_FAILED, "the endpoint refused the API key")
+        elif not force and now < self.backoff_until():
+            self._set(SenderState.BACKOFF, "the endpoint failed; retrying later")
+        else:
+            return False
+        return True
+
+    def auth_paused(self, config: Config, now: float) -> bool:
         auth = self.queue.state("auth")
-        if auth.get("key") == key_hash(config.api_key) and now < auth.get("until", 0):
-            return "auth_failed: the endpoint refused the API key"
-        if not force and now < self.queue.state("backoff").get("until", 0):
-            return "backoff: the endpoint failed; retrying later"
-        return None
+        return auth.get("key") == key_hash(config.api_key) and now < _number(auth.get("until"))
+
+    def backoff_until(self) -> float:
+        return _number(self.queue.state("backoff").get("until"))
 
     def _drain_all(self, cycle: _Cycle) -> bool:
         """Drain with one connection, and a second one in parallel when the backlog is large.
@@ -159,7 +208,11 @@ class Sender:
         return min(600.0, (2 * config.timeout + 10) * (entry.count - entry.done))
 
     def _send_batch(self, cycle: _Cycle, claim, slot: int) -> bool:
-        """Send one claimed batch; False when the cycle must stop (failure, stop, out of time)."""
+        """Send one claimed batch; False when the cycle must stop (failure, stop, out of time).
+
+        Progress is saved in the claim's name after every record (one ``rename``), so a sender
+        killed mid-batch re-sends only the request that was on the wire.
+        """
         try:
             records = self.queue.read(claim)
         except OSError:
@@ -177,14 +230,12 @@ class Sender:
                 cycle.halted = True
                 return False
             done += 1
-            if slot == 0 and cycle.between() >= BURST_RECORDS:
-                cycle.halted = True  # the host is tracking in a burst: let it have the interpreter
-            if done < len(records) and (done - claim.entry.done) % RENEW_EVERY == 0:
-                # progress and a fresh lease, every few records: a crash resends at most those
+            if done < len(records):
                 claim = self.queue.renew(claim, done, time.time() + self._lease(cycle.config, claim.entry))
                 if claim is None:
                     return True  # lost the claim (lease expired); the new owner goes on
         self.counters.add("dropped.corrupt", claim.entry.count - len(records))
+        self.progress()
         self.queue.ack(claim)
         return True
 
@@ -217,15 +268,13 @@ class Sender:
             return True
         return self._pause(config, claim, index, result)
 
-    _backing_off = True  # clear a stale shared backoff on the first success of this process
-
     def _allowed(self, config: Config) -> bool:
         """``decide()`` before a request, again only when an opt-out variable or the choices changed."""
         if not self.honour_opt_outs:
             return True
         choices = self.choices()
-        key = (config, id(choices), tuple(os.environ.get(name) for name in _WATCHED), config.optout_env and
-               tuple(os.environ.get(name) for name in config.optout_env))
+        key = (config, id(choices), tuple(os.environ.get(name) for name in OPT_OUT_VARIABLES),
+               config.optout_env and tuple(os.environ.get(name) for name in config.optout_env))
         if self._decided[0] != key:
             self._decided = (key, decide(config, choices=choices).enabled)
         return self._decided[1]
@@ -236,14 +285,14 @@ class Sender:
             self.queue.set_state("auth", {"key": key_hash(config.api_key), "until": now + AUTH_PAUSE,
                                           "detail": result.detail})
             self.queue.release(claim, index, claim.entry.attempt, now)
-            self.state = "auth_failed: the endpoint refused the API key"
+            self._set(SenderState.AUTH_FAILED, "the endpoint refused the API key")
             logger().warning("callhome: the endpoint refused the API key; sending paused")
             return False
-        failures = int(self.queue.state("backoff").get("failures", 0)) + 1
+        failures = int(_number(self.queue.state("backoff").get("failures"))) + 1
         wait = max(result.retry_after or 0.0, backoff.delay(failures))
         self.queue.set_state("backoff", {"until": now + wait, "failures": failures, "detail": result.detail})
         self._backing_off = True
-        self.state = f"backoff: {result.detail or result.status}; next attempt in {wait:.0f}s"
+        self._set(SenderState.BACKOFF, f"{result.detail or result.status}; next attempt in {wait:.0f}s")
         attempt = claim.entry.attempt + 1
         if attempt >= config.max_attempts:
             self.counters.add("dropped.retries", claim.entry.count - index)
@@ -267,13 +316,13 @@ class Sender:
             sentlog.append(log, entries, os.environ.get("CALLHOME_LOG_FILE"))
 
     # -- resources -----------------------------------------------------------------------------
-    def _transport(self, config: Config, slot: int) -> HttpTransport:
+    def _transport(self, config: Config, slot: int) -> Transport:
         wanted = (config.endpoint, config.api_key, config.timeout)
         current = self._transports.get(slot)
         if current is None or current[0] != wanted:
             if current is not None:
                 current[1].close()
-            current = self._transports[slot] = (wanted, HttpTransport(*wanted))
+            current = self._transports[slot] = (wanted, self._new_transport(*wanted))
         return current[1]
 
     def _acquire(self, force: bool) -> str | None:
@@ -281,38 +330,37 @@ class Sender:
         path = self.queue.lock_path("flush")
         if path is None:
             return "L"
+        if self._lock is None:
+            self._lock = FileLock(path)
         try:
-            lock = self._flush_lock(path)
-            lock.acquire(timeout=0.5 if force else 0)
+            self._lock.acquire(timeout=0.5 if force else 0)
             return "L"
-        except Exception as exc:  # filelock.Timeout, or a filesystem without working locks
-            if type(exc).__name__ == "Timeout":
-                return None
+        except Busy:
+            return None
+        except OSError as exc:  # a filesystem without working locks
             logger().debug("callhome: flush.lock unusable (%r); sending without it", exc)
             return "U"
 
-    def _flush_lock(self, path: str):
-        if self._lock is None or self._lock_pid != os.getpid():
-            from filelock import FileLock  # imported on the worker only
-
-            try:
-                self._lock = FileLock(path, timeout=0, fallback_to_soft=False)
-            except TypeError:  # filelock < 3.30 has no fallback_to_soft (and never falls back silently)
-                self._lock = FileLock(path, timeout=0)
-            self._lock_pid = os.getpid()
-        return self._lock
-
     def _release(self) -> None:
-        if self._lock is not None and self._lock.is_locked:
-            try:
-                self._lock.release()
-            except Exception:  # an EIO on close must not escape the worker
-                pass
+        if self._lock is not None:
+            self._lock.release()
 
     def close(self) -> None:
         for _, transport in self._transports.values():
             transport.close()
         self._transports.clear()
+
+
+def paused_until(queue, config: Config) -> float:
+    """Until when every process of the product waits (the shared backoff, or a refused key)."""
+    auth = queue.state("auth")
+    refused = _number(auth.get("until")) if auth.get("key") == key_hash(config.api_key) else 0.0
+    return max(_number(queue.state("backoff").get("until")), refused)
+
+
+def _number(value: object) -> float:
+    """A number from a shared state file, which a person or another version may have edited."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def fill_identity(payload: dict, config: Config) -> dict:

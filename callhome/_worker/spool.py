@@ -1,0 +1,103 @@
+"""Buffer → framed records → disk queue, under the product's caps.
+
+The worker calls :meth:`Spool.persist` at least every 50 ms while anything is buffered, so a
+host killed with ``kill -9`` loses at most that much of what ``track()`` accepted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .. import properties
+from .._state import HostState
+from ..queue import frame
+from .storage import Storage
+
+__all__ = ["Spool"]
+
+#: The queue's depth is listed again at most this often (a listing per persist would cost more
+#: than the write itself); puts in between are added to the last count.
+DEPTH_REFRESH = 5.0
+MAINTENANCE_INTERVAL = 60.0
+
+
+class Spool:
+    """Writes what the host buffered into the product's queue, the oldest giving way at the caps."""
+
+    def __init__(self, state: HostState, storage: Storage, client_properties: Callable[[dict], dict]) -> None:
+        self.state = state
+        self.storage = storage
+        self.client_properties = client_properties
+        self.depth = (0, 0)
+        self._depth_at = -DEPTH_REFRESH
+        self._maintained_at = 0.0
+        self._detected: dict | None = None  # client properties, detected once
+
+    def persist(self) -> int:
+        """Move buffered records to the queue; returns how many. A failing disk means memory-only."""
+        state = self.state
+        if not state.buffer:
+            return 0
+        with state.persist_lock:
+            records = state.buffer.drain()
+            self.put_records(records, self.storage.installation_id)
+        return len(records)
+
+    def put_records(self, records: list, installation_id: str | None) -> None:
+        lines = [line for line in (self.frame(r, installation_id) for r in records) if line]
+        if lines:
+            self.put(lines)
+
+    def frame(self, record: dict, installation_id: str | None) -> bytes | None:
+        if installation_id:
+            record["payload"].setdefault("meta", {})["installation_id"] = installation_id
+        if record.pop("props", False):
+            meta = record["payload"]["meta"]
+            meta.update((k, v) for k, v in self._properties().items() if k not in meta)
+        line = frame(record)
+        if len(line) > self.state.config.max_event_bytes:
+            self.state.counters.add("dropped.oversize")
+            return None
+        return line
+
+    def _properties(self) -> dict:
+        if self._detected is None:
+            self._detected = properties.detected(self.state.decision.is_ci)
+        return self.client_properties(self._detected)
+
+    def put(self, lines: list) -> None:
+        config = self.state.config
+        self.refresh_depth()
+        events, size = self.depth
+        incoming = sum(map(len, lines))
+        if events + len(lines) > config.max_queue_events or size + incoming > config.max_queue_bytes:
+            self.prune(len(lines), incoming)  # the oldest make room: recent usage is worth more
+            if self.depth[0] + len(lines) > config.max_queue_events:
+                self.state.counters.add("dropped.queue_full", len(lines))  # larger than the whole cap
+                return
+        try:
+            written = self.storage.queue.put(lines, time.time())
+        except OSError as exc:
+            self.storage.go_memory_only(exc)
+            written = self.storage.queue.put(lines, time.time())
+        self.depth = (self.depth[0] + len(lines), self.depth[1] + written)
+
+    def refresh_depth(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._depth_at > DEPTH_REFRESH:
+            self.depth = self.storage.queue.depth()
+            self._depth_at = time.monotonic()
+
+    def prune(self, room_events: int = 0, room_bytes: int = 0) -> None:
+        """Drop expired batches, then the oldest until ``room_*`` more fit under the caps."""
+        config = self.state.config
+        dropped = self.storage.queue.prune(time.time(), config.max_queue_events - room_events,
+                                           config.max_queue_bytes - room_bytes, config.max_age)
+        for reason, count in dropped.items():
+            self.state.counters.add("dropped." + reason, count)
+        self.refresh_depth(force=True)
+
+    def maintain(self) -> None:
+        if time.monotonic() - self._maintained_at > MAINTENANCE_INTERVAL:
+            self._maintained_at = time.monotonic()
+            self.prune()

@@ -1,0 +1,108 @@
+"""The product's state on disk as the worker opens it: directory, queue, installation id, choices.
+
+Opened once per process; a disk that refuses (read-only home, no home at all, a directory that
+is not ours) leaves a memory-only queue and a reason for ``status()``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from .. import choices, identity
+from .._fs import product_dir
+from .._log import logger
+from .._state import HostState
+from ..memqueue import MemoryQueue
+from ..notice import notice_text
+from ..optout import Decision, decide
+from ..queue import DiskQueue
+
+__all__ = ["Storage"]
+
+
+class Storage:
+    """Where one product's records go in this process."""
+
+    def __init__(self, state: HostState) -> None:
+        self.state = state
+        self.directory: str | None = None
+        self.queue: DiskQueue | MemoryQueue | None = None
+        self.installation_id: str | None = None
+        self.disk_error: str | None = None
+        self.choices = choices.Watch(None)
+        #: the Decision, when the saved choices turned telemetry off
+        self.refused: Decision | None = None
+        #: True in the process that just showed the first-run notice on a terminal: the next run sends
+        self.deferred = False
+
+    @property
+    def durable(self) -> bool:
+        return self.disk_error is None and self.directory is not None
+
+    def setup(self) -> None:
+        """Read the saved choices; if they allow it, open the queue and show the notice. Idempotent."""
+        if self.queue is not None or self.refused is not None:
+            return
+        config = self.state.config
+        directory = self.directory = self.product_directory()
+        self.choices = choices.Watch(directory)
+        decision = decide(config, choices=self.choices())
+        if not decision.enabled:
+            self.refused = decision  # decided before anything is created
+            return
+        self.queue, self.installation_id, self.disk_error = self.open(directory)
+        if directory and self.disk_error is None:
+            self._show_notice(directory, decision.is_ci)
+
+    def product_directory(self) -> str | None:
+        try:
+            return product_dir(self.state.config.product_id, self.state.config.data_dir)
+        except Exception:  # no home directory at all: memory-only
+            return None
+
+    def open(self, directory: str | None) -> tuple:
+        """(queue, installation id, why the disk is unusable) for the current configuration."""
+        config = self.state.config
+        try:
+            if directory is None:
+                raise FileNotFoundError("no home directory for callhome's state")
+            queue = DiskQueue(directory, config.fsync).open()
+            settings = {"endpoint": config.endpoint, "domain": config.domain, "ip_addr": config.ip_addr,
+                        "relay": config.relay, "consent": config.consent, "send_in_ci": config.send_in_ci}
+            if queue.state("agent") != settings:  # every process starts here: write only on change
+                queue.set_state("agent", settings)
+            installation_id = None if self.state.ephemeral_id else identity.load_or_create(
+                directory, config.product_id)
+            return queue, installation_id, None
+        except Exception as exc:  # read-only home, not ours, no HOME at all, ...
+            reason = f"{type(exc).__name__}: {exc}"
+            logger().debug("callhome: disk queue unusable (%s); memory-only delivery", reason)
+            return MemoryQueue(reason), None, reason
+
+    def go_memory_only(self, exc: BaseException) -> None:
+        self.disk_error = f"{type(exc).__name__}: {exc}"
+        logger().debug("callhome: disk queue unusable (%s); memory-only delivery", self.disk_error)
+        self.queue = MemoryQueue(self.disk_error)
+
+    def _show_notice(self, directory: str, is_ci: bool) -> None:
+        """Once per product and notice version; on a terminal the first send waits for the next run."""
+        if is_ci or self.choices().get("notice_version") == choices.NOTICE_VERSION:
+            return
+        text = notice_text(self.state.config, directory)
+        if _is_terminal():
+            sys.stderr.write(text + "\n")
+            self.deferred = True
+        else:
+            logger().warning("%s", text)
+        try:
+            choices.save(directory, notice_version=choices.NOTICE_VERSION, notice_at=int(time.time()))
+        except OSError:
+            pass
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed by the host
+        return False

@@ -1,0 +1,344 @@
+"""The background thread: buffer → disk queue, the product's sender kept alive, flush and exit.
+
+One daemon thread per agent per process, started lazily; it never delays the host's exit and
+never opens a socket. It persists what the host buffered at least every ``PERSIST_EVERY``
+seconds while anything is buffered, so that a slow server cannot hold records in memory, and it
+starts the product's sender (a detached process, or a thread where none can be started) as soon
+as the queue holds work. Everything it needs is imported before the host may fork.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+from .. import choices
+from .._log import logger
+from .._state import HostPort, HostState
+from ..buffer import OWN_THREADS
+from ..optout import OPT_OUT_VARIABLES, decide, product_variable
+from ..sender.delivery import SenderState
+from ..sender.launch import Launcher
+from ..sender.loop import request_flush
+from .aggregates import AggregateEmitter
+from .journal import SessionJournal
+from .schedule import CallHomeSchedule
+from .spool import Spool
+from .storage import Storage
+
+__all__ = ["Worker", "preload"]
+
+#: The longest a record waits in memory while the host is tracking.
+PERSIST_EVERY = 0.05
+#: The most exit waits for local disk work (the queue's setup, the aggregate store's lock),
+#: however loaded the machine; the network is never waited for beyond ``exit_timeout``.
+LOCAL_EXIT_BUDGET = 2.0
+#: While a sender this process started may exit, look at least this often (to reap it).
+REAP_EVERY = 1.0
+#: A flush polls the queue's depth this often.
+FLUSH_POLL = 0.02
+#: States in which a flush cannot succeed until something changes (not "sending", not "idle").
+_STUCK = (SenderState.BACKOFF, SenderState.AUTH_FAILED, SenderState.HELD, SenderState.DISABLED,
+          SenderState.DEFERRED)
+
+
+def preload(default_root: bool) -> None:
+    """Import, on the worker's thread and before the host may fork, what the worker's steps would
+    otherwise import later: a fork while this thread holds an import lock leaves the child's
+    first import of that module hanging for good. (The sender's own imports happen in its process.)
+    """
+    import hashlib  # noqa: F401  (license keys, session ids)
+    import hmac  # noqa: F401
+    import json  # noqa: F401
+    import locale  # noqa: F401  (client properties)
+    import select  # noqa: F401  (the waker)
+    import uuid  # noqa: F401  (aggregate ids)
+
+    from .._fs import atomic_write, ensure_private_dir  # noqa: F401
+    from ..payload import platform_triple  # noqa: F401
+
+    logger()
+    if default_root:
+        import platformdirs  # noqa: F401
+
+
+class Worker:
+    """Persists what one agent's host buffers and keeps the product's sender alive."""
+
+    def __init__(self, state: HostState, port: HostPort, thread: threading.Thread) -> None:
+        self.state = state
+        self.port = port
+        self.thread = thread
+        self.storage = Storage(state)
+        self.spool = Spool(state, self.storage, port.client_properties)
+        self.schedule = CallHomeSchedule(state, self.storage, port.queue_call_home)
+        self.journal = SessionJournal(state, port.accept_session)
+        self.aggregates = AggregateEmitter(state, self.storage, self.spool)
+        self.launcher: Launcher | None = None
+        self._done = threading.Condition()
+        self._setup_lock = threading.Lock()
+        self._flush_wanted = 0
+        self._flush_done = 0
+        self._stopping = False
+        self._exiting = False
+        self._decided: tuple = ()
+
+    # -- called from the host's threads ------------------------------------------------------
+    def flush(self, timeout: float) -> bool:
+        """Persist everything, have the sender run a forced cycle, and wait for an empty queue."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        if not self._persist_now(deadline):
+            return self.storage.refused is not None
+        lost, asked = self.lost(), time.time()
+        while True:
+            self.spool.refresh_depth(force=True)
+            self.launcher.refresh(force=True)
+            if self.spool.depth[0] == 0 and not self.state.buffer:
+                return self.lost() == lost  # a record dropped or rejected meanwhile was not delivered
+            if self._stuck(asked) or time.monotonic() > deadline:
+                return False
+            time.sleep(FLUSH_POLL)
+
+    def _persist_now(self, deadline: float) -> bool:
+        """Ask the thread to persist, start a sender and request a forced cycle; False if it could not."""
+        with self._done:
+            self._flush_wanted += 1
+            ticket = self._flush_wanted
+        self.state.waker.force()
+        with self._done:
+            while self._flush_done < ticket:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.thread.is_alive() or self.storage.refused is not None:
+                    return False
+                self._done.wait(remaining)
+        return self.launcher is not None
+
+    def _stuck(self, asked: float) -> bool:
+        """The sender answered our request with a state that waits (backoff, auth, held, ...)."""
+        snapshot = self.launcher.snapshot()
+        if self._held_here() or snapshot["state"].startswith(("disabled", "deferred")):
+            return True
+        updated = snapshot.get("updated") or 0
+        kind = snapshot["state"].split(":")[0]
+        # a sender with another run's settings is about to make way: its answer is not ours
+        return snapshot["our_settings"] and updated >= asked and kind in {s.value for s in _STUCK}
+
+    def stop(self, timeout: float, exiting: bool = False) -> None:
+        """Save what this process holds (local disk only), make sure a sender will deliver it,
+        then let the thread finish. ``timeout`` bounds the wait for a thread sender's request."""
+        self._stopping, self._exiting = True, exiting
+        if self.state.waker is not None:
+            self.state.waker.force()
+        if self.state.buffer or self.state.counter or not self.schedule.looked:
+            self._save_at_exit()
+        with self.state.persist_lock:
+            pass  # records the worker already took from the buffer are on disk once it lets go
+        if not self.state.buffer:
+            self.journal.close(self.storage.directory)  # its sessions are queued
+        if self.launcher is not None:
+            if self._sender_wanted():
+                self._guard(lambda: self.launcher.ensure(force=True))
+            self.launcher.stop(timeout, exiting=self._exiting)
+
+    def _save_at_exit(self) -> None:
+        """Persist the buffer and merge the counts on this thread, without waiting for the network."""
+        if not self._setup_lock.acquire(timeout=LOCAL_EXIT_BUDGET):
+            self._persist_with_own_handle()  # the worker is stuck opening the queue
+            return
+        try:
+            self._setup()
+        finally:
+            self._setup_lock.release()
+        if self.storage.refused is None:
+            self._guard(self._recover_sessions)  # a short run: the thread may not have got to it
+            if not self.schedule.looked:  # nor to the CALL_HOME (its state file keeps it once a day)
+                self._guard(self.schedule.maybe_queue)
+            self.spool.persist()
+            if self.state.counter:
+                self.aggregates.merge(LOCAL_EXIT_BUDGET)
+
+    def _persist_with_own_handle(self) -> None:
+        storage = Storage(self.state)
+        directory = storage.product_directory()
+        if directory and not decide(self.state.config, choices=choices.load(directory)).enabled:
+            return
+        storage.queue, installation_id, storage.disk_error = storage.open(directory)
+        spool = Spool(self.state, storage, self.port.client_properties)
+        try:
+            spool.put_records(self.state.buffer.drain(), installation_id)
+        except OSError:
+            self.state.counters.add("dropped.disk_error")
+
+    # -- the thread --------------------------------------------------------------------------
+    def run(self) -> None:
+        """The thread's loop (the agent starts the thread, whose first act is to build us)."""
+        OWN_THREADS.add(threading.get_ident())
+        try:
+            self._run()
+        finally:
+            OWN_THREADS.discard(threading.get_ident())
+
+    def _run(self) -> None:
+        with self._setup_lock:
+            self._guard(self._setup)
+        if self.storage.refused is not None:
+            self.port.refuse(self.storage.refused)
+            self._release_flush_waiters()  # nothing will ever be sent: nothing is pending
+            return
+        self._guard(self.schedule.maybe_queue)
+        self._guard(self._recover_sessions)
+        if self.spool.depth[0]:
+            self._guard(self._ensure_sender)  # a backlog from earlier runs
+        waker = self.state.waker
+        while not self._stopping and self.storage.refused is None:
+            moved = self._guard(self._cycle)
+            if moved is None:
+                time.sleep(1.0)  # an unexpected error must not turn into a busy loop
+            elif moved or self.state.buffer:
+                time.sleep(PERSIST_EVERY)  # let records gather: one file per 50 ms, not per record
+            else:
+                waker.wait(self._interval(), lambda: bool(self.state.buffer) or self._stopping)
+        self._guard(self.spool.persist)  # records that arrived while stop() could not reach the queue
+
+    def _release_flush_waiters(self) -> None:
+        with self._done:
+            self._flush_done = self._flush_wanted
+            self._done.notify_all()
+
+    def _guard(self, step):
+        """Run one step; an unexpected error is counted and logged at debug, never shown to the host."""
+        try:
+            return step()
+        except Exception:
+            self.state.counters.add("internal_errors")
+            logger().debug("callhome: unexpected error in the worker", exc_info=True)
+            return None
+
+    def _interval(self) -> float:
+        # jittered so that a fleet started together does not call home in lockstep
+        config = self.state.config
+        wait = config.flush_interval * random.uniform(0.8, 1.2)
+        if self.journal.active:
+            wait = min(wait, config.heartbeat_interval)
+        if self.state.counter is not None:
+            wait = min(wait, max(self.aggregates.merged_at + config.flush_interval - time.monotonic(), 0.05))
+        if self.launcher is not None and self.launcher.spawned:
+            wait = min(wait, REAP_EVERY)
+        return min(wait, max(self.schedule.due - time.time(), 0.05))
+
+    def _cycle(self) -> int:
+        """One pass; returns how many records it moved to the queue."""
+        with self._done:
+            ticket = self._flush_wanted
+        forced = ticket > self._flush_done
+        if self._opted_out_now():
+            self._release_flush_waiters()
+            return 0
+        if self.launcher.config is not self.state.config:
+            self.launcher.reconfigure(self.state.config)
+        if time.time() >= self.schedule.due:
+            self.schedule.maybe_queue()
+        self._beat()
+        moved = self.spool.persist()
+        if forced or self.aggregates.due():
+            self.aggregates.tick()  # also windows that other processes left to send
+        if forced and self.storage.queue.dir:
+            request_flush(self.storage.queue.dir)
+        if forced or moved:
+            self.spool.refresh_depth(force=forced)
+        if self.spool.depth[0] or forced:
+            self._ensure_sender(forced)  # cheap when one runs: ours is polled, others probed twice a second
+        self.launcher.reap()
+        self.launcher.refresh()
+        if forced:
+            with self._done:
+                self._flush_done = ticket
+                self._done.notify_all()
+        self.spool.maintain()
+        return moved
+
+    def _setup(self) -> None:
+        self.storage.setup()
+        if self.storage.queue is not None and self.launcher is None:
+            self.launcher = self._new_launcher()
+            self.spool.refresh_depth(force=True)
+
+    def _opted_out_now(self) -> bool:
+        """An opt-out that appeared while the host runs (a variable, a ``disable``): absorbing.
+
+        ``decide()`` runs again only when an opt-out variable or the saved choices changed.
+        """
+        config, saved = self.state.config, self.storage.choices()
+        key = (config, id(saved), tuple(os.environ.get(name) for name in OPT_OUT_VARIABLES),
+               os.environ.get(product_variable(config)), tuple(os.environ.get(n) for n in config.optout_env))
+        if key == self._decided:
+            return False
+        self._decided = key
+        decision = decide(config, choices=saved)
+        if decision.enabled:
+            return False
+        self.storage.refused = decision
+        self.port.refuse(decision)
+        with self.state.persist_lock:
+            self.state.counters.add("dropped.opted_out", self.storage.queue.purge())
+        self.launcher.retire_all("disabled: " + str(decision.reason))
+        return True
+
+    def _sender_wanted(self) -> bool:
+        return not (self.storage.deferred or self._held_here()) and self.spool.depth[0] > 0
+
+    def _held_here(self) -> bool:
+        return not self.state.config.has_identity
+
+    def _ensure_sender(self, force: bool = False) -> None:
+        if self.launcher.queue is not self.storage.queue:  # the disk failed: memory and a thread now
+            self.launcher.stop(0)
+            self.launcher = self._new_launcher()
+        if not (self.storage.deferred or self._held_here()):
+            self.launcher.ensure(force)
+
+    def _new_launcher(self) -> Launcher:
+        return Launcher(self.state.config, self.storage.queue, self.storage.choices, self.state.counters)
+
+    # -- sessions ----------------------------------------------------------------------------
+    def _recover_sessions(self) -> None:
+        if self.journal.enabled(self.storage.directory, self.storage.durable):
+            self.journal.recover(self.storage.directory, self.state.persist_lock, self.spool.persist,
+                                 lambda: self.storage.durable)
+            self._beat()
+
+    def _beat(self) -> None:
+        if self.journal.enabled(self.storage.directory, self.storage.durable) and not self._stopping:
+            self.journal.beat(self.storage.directory)
+
+    # -- what status() shows -----------------------------------------------------------------
+    def lost(self) -> int:
+        counts = self.counts()
+        return sum(n for name, n in counts.items() if name.startswith("dropped.")) + counts.get("rejected", 0)
+
+    def counts(self) -> dict:
+        """This process's counters, with what the product's sender process did since it started."""
+        counts = self.state.counters.snapshot()
+        if self.launcher is not None:
+            for name, n in self.launcher.sender_counts().items():
+                counts[name] = counts.get(name, 0) + n
+        return counts
+
+    def snapshot(self) -> dict:
+        """What ``Agent.status()`` shows of the worker and the sender."""
+        storage, launcher = self.storage, self.launcher
+        sender = launcher.snapshot() if launcher else None
+        state = sender["state"] if sender else "idle"
+        if storage.refused is not None:
+            state = "disabled: " + str(storage.refused.reason)
+        elif storage.deferred:
+            state = "deferred: the first-run notice was just shown; sending starts with the next run"
+        elif self.state.config is not None and self._held_here():
+            state = "held: no ip_addr or domain configured"
+        return {"installation_id": storage.installation_id,
+                "disk": "memory-only: " + storage.disk_error if storage.disk_error else "ok",
+                "queue_dir": getattr(storage.queue, "dir", None), "state": state,
+                "queued": self.spool.depth[0], "sender": sender,
+                "last_send": sender["last_send"] if sender else None}
