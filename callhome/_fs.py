@@ -5,7 +5,6 @@ Only the worker (and the CLI) call these; the host's thread never touches the di
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,8 @@ def product_dir(product_id: str, root: str | None = None) -> str:
     """``<root>/<product>``: one directory per product so two vendors never share state."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", product_id)[:48].strip("._") or "product"
     if slug != product_id:
+        import hashlib  # only for ids that are not already a clean name
+
         slug += "-" + hashlib.sha256(product_id.encode()).hexdigest()[:8]
     return os.path.join(root or default_root(), slug)
 

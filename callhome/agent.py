@@ -474,7 +474,7 @@ class Agent:
             # the agent's only heavy imports, made on the worker's thread, all before it is ready
             from ._worker.worker import Worker, preload
 
-            preload(default_root=self.state.config.data_dir is None)
+            preload(self.state.config)
             self._worker = Worker(self.state, self._port(), threading.current_thread())
         finally:
             self._worker_ready.set()

@@ -18,6 +18,7 @@ lock costs duplicates (same ``event_id``), never loss.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -33,6 +34,8 @@ MAX_BATCH = 64
 #: A claim that lies further ahead than this was made by a clock that jumped; it is reclaimable.
 MAX_LEASE = 600.0
 MAX_KEPT_BAD = 50
+#: What is read of one batch file at most, so that a file grown by mistake cannot exhaust memory.
+_MAX_FILE = 16 * 1024 * 1024
 
 
 class Entry(NamedTuple):
@@ -194,6 +197,24 @@ class DiskQueue:
                     size += entry.size
         return events, size
 
+    def peek(self, limit: int) -> list:
+        """Up to ``limit`` waiting records in sending order (``ready/`` by name, then ``inflight/``),
+        left where they are: what ``callhome preview`` shows. A batch claimed or deleted meanwhile
+        is skipped."""
+        return list(itertools.islice(self._waiting_records(), max(limit, 0)))
+
+    def _waiting_records(self) -> Iterator[dict]:
+        for sub in ("ready", "inflight"):
+            for name in self._names(sub):
+                entry = parse_entry(name.split(".chq")[0] + ".chq")
+                if entry is None:
+                    continue
+                try:
+                    lines = _read_lines(self._path(sub, name))
+                except OSError:
+                    continue
+                yield from (r for r in map(unframe, lines[entry.done:]) if r is not None)
+
     # -- claiming and finishing batches ----------------------------------------------------
     def claim(self, entry: Entry, mode: str, lease_until: float) -> Claim | None:
         """Take ``entry`` for sending; None when another process took it first."""
@@ -206,9 +227,7 @@ class DiskQueue:
 
     def read(self, claim: Claim) -> list:
         """The records of a claimed batch (None for each unreadable line)."""
-        with open(self._path("inflight", claim.name), "rb") as f:
-            lines = f.read(16 * 1024 * 1024).splitlines(keepends=True)
-        return [unframe(line) for line in lines]
+        return [unframe(line) for line in _read_lines(self._path("inflight", claim.name))]
 
     def renew(self, claim: Claim, done: int, lease_until: float) -> Claim | None:
         """Record progress (``done`` records resolved) and extend the lease; None if the claim was lost."""
@@ -275,6 +294,16 @@ class DiskQueue:
                 except OSError:
                     continue
                 removed += entry.count - entry.done if entry else 0
+        return removed
+
+    def wipe(self) -> int:
+        """:meth:`purge`, and also delete the records kept outside the waiting batches: unpublished
+        writes in ``tmp/`` and the copies in ``dead/`` and ``corrupt/`` (the user asked for them to
+        go); returns how many waiting records were deleted."""
+        removed = self.purge()
+        for sub in ("tmp", "dead", "corrupt"):
+            for name in self._names(sub):
+                unlink_quietly(self._path(sub, name))
         return removed
 
     # -- keeping things bounded ------------------------------------------------------------
@@ -345,6 +374,12 @@ class DiskQueue:
 
     def lock_path(self, name: str) -> str:
         return self._path("locks", name + ".lock")
+
+
+def _read_lines(path: str) -> list:
+    """The lines of a batch file. :raises OSError: when it is gone (claimed or deleted meanwhile)."""
+    with open(path, "rb") as f:
+        return f.read(_MAX_FILE).splitlines(keepends=True)
 
 
 def _parse_claim(name: str) -> tuple | None:

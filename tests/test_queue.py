@@ -409,3 +409,38 @@ def test_shared_state_round_trip(queue):
 def test_open_makes_private_directories(disk):
     for sub in ("tmp", "ready", "inflight", "corrupt", "dead", "locks", "state"):
         assert os.stat(os.path.join(disk.dir, sub)).st_mode & 0o777 == 0o700
+
+
+# -- peek and wipe (callhome preview, callhome disable) --------------------------------------
+
+
+def test_peek_reads_waiting_records_in_sending_order_and_leaves_them(disk):
+    disk.put(lines(3), NOW)                               # ids 0..2, claimed below with one done
+    disk.put(lines(2, 3) + [b"torn line\n"], NOW + 1)     # ids 3, 4 and an unreadable line
+    claim = disk.claim(next(disk.entries()), "L", NOW + 60)
+    disk.renew(claim, 1, NOW + 60)
+    before = {sub: listing(disk, sub) for sub in ("ready", "inflight")}
+    ids = [r["payload"]["event_id"] for r in disk.peek(10)]
+    assert ids == ["id-3", "id-4", "id-1", "id-2"]      # ready/ first, then inflight/ from its progress
+    assert [r["payload"]["event_id"] for r in disk.peek(3)] == ["id-3", "id-4", "id-1"]
+    assert disk.peek(0) == []
+    assert {sub: listing(disk, sub) for sub in ("ready", "inflight")} == before
+
+
+def test_peek_of_a_queue_never_opened_is_empty(tmp_path):
+    assert DiskQueue(str(tmp_path / "nothing")).peek(5) == []
+
+
+def test_wipe_deletes_waiting_and_kept_records_but_not_the_state(disk):
+    disk.put(lines(3), NOW)                               # claimed below
+    disk.put(lines(2, 3), NOW + 1)                        # left in ready/
+    disk.put(lines(1, 5), NOW + 2)                        # quarantined below
+    disk.claim(next(disk.entries()), "L", NOW + 60)
+    disk.quarantine("ready", list(disk.entries())[-1].name, "test")
+    open(os.path.join(disk.dir, "tmp", "unpublished.tmp"), "wb").close()
+    disk.dead_letter(record(9), "rejected")
+    disk.set_state("backoff", {"until": 5.0})
+    assert disk.wipe() == 5                               # the waiting records: claimed and ready
+    for sub in ("tmp", "ready", "inflight", "dead", "corrupt"):
+        assert listing(disk, sub) == [], sub
+    assert disk.state("backoff") == {"until": 5.0}

@@ -10,7 +10,8 @@ from conftest import API_KEY
 from callhome.collector import CollectorServer, Store, make_app
 from callhome.collector.app import AUTH_FAILURE, SUCCESS
 from callhome.payload import new_event_id
-from callhome.sender.transport import AUTH, MISCONFIGURED_DELAY, OK, REJECTED, RETRY, HttpTransport, classify
+from callhome.sender.transport import (AUTH, MISCONFIGURED_DELAY, OK, REJECTED, RETRY, ClientTransport, HttpTransport,
+                                       classify, open_transport)
 
 
 def failure(status, message="bad"):
@@ -58,7 +59,15 @@ def test_classify_misconfigured_endpoint_retries_slowly(status):
     assert result.retry_after == MISCONFIGURED_DELAY >= 60.0
 
 
-# -- HttpTransport against the collector --------------------------------------------------------
+# -- both transports against the collector --------------------------------------------------------
+
+#: Every test below runs with each transport: they must not differ in anything the sender sees.
+TRANSPORTS = [HttpTransport, ClientTransport]
+
+
+@pytest.fixture(params=TRANSPORTS, ids=lambda cls: cls.__name__)
+def transport_class(request):
+    return request.param
 
 
 def payload(**changes):
@@ -70,8 +79,8 @@ def payload(**changes):
 
 
 @pytest.fixture
-def transport(collector):
-    t = HttpTransport(collector.url, API_KEY, timeout=2.0)
+def transport(collector, transport_class):
+    t = transport_class(collector.url, API_KEY, timeout=2.0)
     yield t
     t.close()
 
@@ -108,8 +117,8 @@ def test_send_classifies_injected_faults(transport, collector, fault, outcome, s
     assert transport.send("usage", payload()).outcome == OK  # and the next request goes through
 
 
-def test_send_times_out_on_a_hanging_server(collector):
-    t = HttpTransport(collector.url, API_KEY, timeout=0.3)
+def test_send_times_out_on_a_hanging_server(collector, transport_class):
+    t = transport_class(collector.url, API_KEY, timeout=0.3)
     collector.app.script("hang:1")
     started = time.monotonic()
     result = t.send("usage", payload())
@@ -119,8 +128,8 @@ def test_send_times_out_on_a_hanging_server(collector):
     t.close()
 
 
-def test_send_wrong_key_is_auth(collector):
-    t = HttpTransport(collector.url, "not-the-key", timeout=2.0)
+def test_send_wrong_key_is_auth(collector, transport_class):
+    t = transport_class(collector.url, "not-the-key", timeout=2.0)
     assert t.send("usage", payload()).outcome == AUTH
     t.close()
 
@@ -131,17 +140,17 @@ def test_send_invalid_payload_is_rejected(transport, collector):
     assert "event_at" in result.detail
 
 
-def test_send_to_a_wrong_path_is_misconfiguration(collector):
-    t = HttpTransport(collector.url + "/v2", API_KEY, timeout=2.0)
+def test_send_to_a_wrong_path_is_misconfiguration(collector, transport_class):
+    t = transport_class(collector.url + "/v2", API_KEY, timeout=2.0)
     result = t.send("usage", payload())
     assert (result.outcome, result.status, result.retry_after) == (RETRY, 404, MISCONFIGURED_DELAY)
     t.close()
 
 
-def test_send_to_nothing_listening_is_retry_and_never_raises():
+def test_send_to_nothing_listening_is_retry_and_never_raises(transport_class):
     with CollectorServer() as server:
         url = server.url
-    t = HttpTransport(url, API_KEY, timeout=1.0)
+    t = transport_class(url, API_KEY, timeout=1.0)
     result = t.send("usage", payload())
     assert (result.outcome, result.status) == (RETRY, None)
     assert API_KEY not in result.detail
@@ -160,10 +169,10 @@ class RecordingApp:
         return self.app(environ, start_response)
 
 
-def test_headers_and_connection_reuse():
+def test_headers_and_connection_reuse(transport_class):
     app = RecordingApp(make_app(Store(), api_keys=[API_KEY]))
     with CollectorServer(app=app) as server:
-        t = HttpTransport(server.url, API_KEY, timeout=2.0)
+        t = transport_class(server.url, API_KEY, timeout=2.0)
         sent = [payload() for _ in range(5)]
         assert [t.send("usage", p).outcome for p in sent] == [OK] * 5
         t.close()
@@ -176,10 +185,35 @@ def test_headers_and_connection_reuse():
         assert headers["user-agent"].startswith("callhome/")
 
 
-def test_no_api_key_header_without_a_key():
+def test_no_api_key_header_without_a_key(transport_class):
     app = RecordingApp(make_app(Store()))
     with CollectorServer(app=app) as server:
-        t = HttpTransport(server.url, None, timeout=2.0)
+        t = transport_class(server.url, None, timeout=2.0)
         assert t.send("usage", payload()).outcome == OK
         t.close()
     assert "x-api-key" not in app.headers[0]
+
+
+def test_the_cheap_transport_is_chosen_unless_a_proxy_applies(monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                 "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    assert type(open_transport("https://ingest.example", None, 1.0)) is ClientTransport
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert type(open_transport("https://ingest.example", None, 1.0)) is HttpTransport
+    monkeypatch.setenv("NO_PROXY", "ingest.example")
+    assert type(open_transport("https://ingest.example", None, 1.0)) is ClientTransport
+
+
+def test_a_large_answer_is_not_read_whole(transport_class):
+    huge = b"x" * (4 * 1024 * 1024)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(huge)))])
+        return [huge]
+
+    with CollectorServer(app=app) as server:
+        t = transport_class(server.url, API_KEY, timeout=2.0)
+        result = t.send("usage", payload())
+        t.close()
+    assert result.outcome == OK  # a 2xx with a body that is not Reo's JSON is a delivery

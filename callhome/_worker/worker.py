@@ -19,9 +19,9 @@ from .._log import logger
 from .._state import HostPort, HostState
 from ..buffer import OWN_THREADS
 from ..optout import OPT_OUT_VARIABLES, decide, product_variable
-from ..sender.delivery import SenderState
-from ..sender.launch import Launcher
-from ..sender.loop import request_flush
+from ..sender.files import request_flush
+from ..config import Config
+from ..sender.launch import Launcher, spawn_problem
 from .aggregates import AggregateEmitter
 from .journal import SessionJournal
 from .schedule import CallHomeSchedule
@@ -39,18 +39,16 @@ LOCAL_EXIT_BUDGET = 2.0
 REAP_EVERY = 1.0
 #: A flush polls the queue's depth this often.
 FLUSH_POLL = 0.02
-#: States in which a flush cannot succeed until something changes (not "sending", not "idle").
-_STUCK = (SenderState.BACKOFF, SenderState.AUTH_FAILED, SenderState.HELD, SenderState.DISABLED,
-          SenderState.DEFERRED)
+#: ``SenderState`` values in which a flush cannot succeed until something changes (the delivery
+#: stack itself is not imported by the host's process).
+_STUCK = ("backoff", "auth_failed", "held", "disabled", "deferred")
 
 
-def preload(default_root: bool) -> None:
+def preload(config: Config) -> None:
     """Import, on the worker's thread and before the host may fork, what the worker's steps would
     otherwise import later: a fork while this thread holds an import lock leaves the child's
-    first import of that module hanging for good. (The sender's own imports happen in its process.)
+    first import of that module hanging for good. (A sender process imports in its own process.)
     """
-    import hashlib  # noqa: F401  (license keys, session ids)
-    import hmac  # noqa: F401
     import json  # noqa: F401
     import locale  # noqa: F401  (client properties)
     import select  # noqa: F401  (the waker)
@@ -60,8 +58,17 @@ def preload(default_root: bool) -> None:
     from ..payload import platform_triple  # noqa: F401
 
     logger()
-    if default_root:
+    if config.data_dir is None:
         import platformdirs  # noqa: F401
+    if config.sender == "thread" or spawn_problem():
+        from ..sender import loop  # noqa: F401  (the thread sender's delivery stack)
+    if config.license_secret or not _clean_name(config.product_id):
+        import hashlib  # noqa: F401  (license HMAC, the product directory's name)
+        import hmac  # noqa: F401
+
+
+def _clean_name(product_id: str) -> bool:
+    return product_id.replace("-", "").replace("_", "").replace(".", "").isalnum() and product_id.isascii()
 
 
 class Worker:
@@ -123,7 +130,7 @@ class Worker:
         updated = snapshot.get("updated") or 0
         kind = snapshot["state"].split(":")[0]
         # a sender with another run's settings is about to make way: its answer is not ours
-        return snapshot["our_settings"] and updated >= asked and kind in {s.value for s in _STUCK}
+        return snapshot["our_settings"] and updated >= asked and kind in _STUCK
 
     def stop(self, timeout: float, exiting: bool = False) -> None:
         """Save what this process holds (local disk only), make sure a sender will deliver it,
@@ -139,7 +146,7 @@ class Worker:
             self.journal.close(self.storage.directory)  # its sessions are queued
         if self.launcher is not None:
             if self._sender_wanted():
-                self._guard(lambda: self.launcher.ensure(force=True))
+                self._guard(lambda: self.launcher.ensure(now=True))
             self.launcher.stop(timeout, exiting=self._exiting)
 
     def _save_at_exit(self) -> None:
@@ -293,11 +300,12 @@ class Worker:
         return not self.state.config.has_identity
 
     def _ensure_sender(self, force: bool = False) -> None:
+        """Keep a sender for the queued work (``force``: a flush, which tries despite a backoff)."""
         if self.launcher.queue is not self.storage.queue:  # the disk failed: memory and a thread now
             self.launcher.stop(0)
             self.launcher = self._new_launcher()
         if not (self.storage.deferred or self._held_here()):
-            self.launcher.ensure(force)
+            self.launcher.ensure(now=force, force=force)
 
     def _new_launcher(self) -> Launcher:
         return Launcher(self.state.config, self.storage.queue, self.storage.choices, self.state.counters)

@@ -9,7 +9,6 @@ network while the server is failing or refusing the key.
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 import threading
 import time
@@ -21,9 +20,10 @@ from .._log import logger
 from ..buffer import OWN_THREADS, Counters
 from ..config import Config
 from ..optout import OPT_OUT_VARIABLES, decide
-from .transport import AUTH, OK, REJECTED, HttpTransport, SendResult
+from .files import key_hash, number
+from .transport import AUTH, OK, REJECTED, SendResult, open_transport
 
-__all__ = ["Sender", "SenderState", "Transport", "fill_identity", "key_hash", "paused_until"]
+__all__ = ["Sender", "SenderState", "Transport", "fill_identity"]
 
 #: How long a refused key keeps this product quiet before one probe, unless the key changes.
 AUTH_PAUSE = 3600.0
@@ -82,15 +82,11 @@ class _Cycle:
         return self.halted or self.stopping() or time.time() > self.deadline
 
 
-def key_hash(api_key: str | None) -> str:
-    return hashlib.sha256((api_key or "").encode()).hexdigest()[:16]
-
-
 class Sender:
     """Delivers the queue of one product; remembers the last answer for ``status()``."""
 
     def __init__(self, queue, counters: Counters, choices: Callable[[], dict] = dict,
-                 honour_opt_outs: bool = True, transport: TransportFactory = HttpTransport,
+                 honour_opt_outs: bool = True, transport: TransportFactory = open_transport,
                  progress: Callable[[], None] = lambda: None) -> None:
         self.queue = queue
         self.counters = counters
@@ -167,10 +163,10 @@ class Sender:
 
     def auth_paused(self, config: Config, now: float) -> bool:
         auth = self.queue.state("auth")
-        return auth.get("key") == key_hash(config.api_key) and now < _number(auth.get("until"))
+        return auth.get("key") == key_hash(config.api_key) and now < number(auth.get("until"))
 
     def backoff_until(self) -> float:
-        return _number(self.queue.state("backoff").get("until"))
+        return number(self.queue.state("backoff").get("until"))
 
     def _drain_all(self, cycle: _Cycle) -> bool:
         """Drain with one connection, and a second one in parallel when the backlog is large.
@@ -288,7 +284,7 @@ class Sender:
             self._set(SenderState.AUTH_FAILED, "the endpoint refused the API key")
             logger().warning("callhome: the endpoint refused the API key; sending paused")
             return False
-        failures = int(_number(self.queue.state("backoff").get("failures"))) + 1
+        failures = int(number(self.queue.state("backoff").get("failures"))) + 1
         wait = max(result.retry_after or 0.0, backoff.delay(failures))
         self.queue.set_state("backoff", {"until": now + wait, "failures": failures, "detail": result.detail})
         self._backing_off = True
@@ -349,18 +345,6 @@ class Sender:
         for _, transport in self._transports.values():
             transport.close()
         self._transports.clear()
-
-
-def paused_until(queue, config: Config) -> float:
-    """Until when every process of the product waits (the shared backoff, or a refused key)."""
-    auth = queue.state("auth")
-    refused = _number(auth.get("until")) if auth.get("key") == key_hash(config.api_key) else 0.0
-    return max(_number(queue.state("backoff").get("until")), refused)
-
-
-def _number(value: object) -> float:
-    """A number from a shared state file, which a person or another version may have edited."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def fill_identity(payload: dict, config: Config) -> dict:

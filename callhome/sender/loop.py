@@ -21,15 +21,10 @@ from .._log import logger
 from ..buffer import Counters
 from ..config import Config
 from .delivery import Sender, SenderState, TransportFactory
-from .transport import OK, HttpTransport
+from .files import FLUSH_FILE, LOCK_NAME, RETIRE_FILE, STATUS_FILE, fingerprint, state_path
+from .transport import OK, open_transport
 
-__all__ = ["FLUSH_FILE", "LOCK_NAME", "STATUS_FILE", "SenderLoop", "fingerprint", "request_flush",
-           "request_retirement", "read_status"]
-
-LOCK_NAME = "sender"
-STATUS_FILE = "sender"
-FLUSH_FILE = "flush"
-RETIRE_FILE = "retire"
+__all__ = ["SenderLoop"]
 #: How often an idle sender looks for new batches (a ``stat`` of ``ready/``, nothing more).
 POLL = 0.05
 #: Without a change in ``ready/``, a full cycle still runs this often (batches due after a retry).
@@ -45,7 +40,7 @@ class SenderLoop:
     ``config.sender_lifetime``, or stopped."""
 
     def __init__(self, config: Config, queue, choices: Callable[[], dict], mode: str,
-                 counters: Counters | None = None, transport: TransportFactory = HttpTransport) -> None:
+                 counters: Counters | None = None, transport: TransportFactory = open_transport) -> None:
         self.config = config
         self.queue = queue
         self.mode = mode
@@ -161,7 +156,8 @@ class SenderLoop:
         return sum(v for k, v in self.counters.snapshot().items() if k.startswith(_PROGRESS))
 
     def _progress(self) -> None:
-        self._publish()
+        # before the batch leaves the queue: whoever sees the queue empty sees these counts too
+        self._publish(force=True)
 
     def _publish(self, force: bool = False) -> None:
         """Write ``sender.json`` when the state changed, or at most every ``STATUS_EVERY`` seconds."""
@@ -186,42 +182,11 @@ class SenderLoop:
             pass  # the directory went away: the loop notices and ends
 
     def _state_path(self, name: str) -> str:
-        return os.path.join(self.queue.dir or "", "state", name + ".json")
-
-
-def read_status(queue_dir: str) -> dict:
-    """The last ``sender.json`` of the product whose queue is ``queue_dir`` (``{}`` if none)."""
-    return read_json(os.path.join(queue_dir, "state", STATUS_FILE + ".json"))
-
-
-def fingerprint(config: Config) -> str:
-    """Which settings a sender sends with (the key among them, hashed): hosts compare it with theirs."""
-    import hashlib
-    import json
-
-    values = {k: v for k, v in config.to_dict().items() if k != "problems"}
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def request_retirement(queue_dir: str, settings: str, started: float, why: str) -> None:
-    """Ask a sender started before ``started`` with other settings (a :func:`fingerprint`) to exit."""
-    try:
-        write_json(os.path.join(queue_dir, "state", RETIRE_FILE + ".json"),
-                   {"config": settings, "started": started, "pid": os.getpid(), "why": why})
-    except OSError:
-        pass
+        return state_path(self.queue.dir or "", name)
 
 
 def _after(value: object, moment: float) -> bool:
     return isinstance(value, (int, float)) and value > moment
-
-
-def request_flush(queue_dir: str) -> None:
-    """Ask the product's sender for a forced cycle (one that ignores the shared backoff)."""
-    try:
-        write_json(os.path.join(queue_dir, "state", FLUSH_FILE + ".json"), {"at": time.time(), "pid": os.getpid()})
-    except OSError:
-        pass
 
 
 def _resources() -> dict:

@@ -18,17 +18,13 @@ from .._fs import product_dir
 from .._version import __version__
 from ..config import Config
 from ..queue import DiskQueue
+from .files import package_dir
 from .loop import SenderLoop
 
-__all__ = ["main", "package_dir"]
+__all__ = ["main"]
 
 #: A hand-off is one configuration: far below this.
 MAX_HANDOFF = 1 << 20
-
-
-def package_dir() -> str:
-    """The directory of this copy of callhome, which the host's hand-off names."""
-    return os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main() -> int:
@@ -45,6 +41,7 @@ def main() -> int:
     queue = DiskQueue(directory, config.fsync)  # never .open(): a removed product stays removed
     if not os.path.isdir(queue.dir):
         return 3
+    os.chdir(directory)  # started in the host's directory: do not keep it busy
     loop = SenderLoop(config, queue, choices.Watch(directory), "process")
     if not loop.claim():
         return 0

@@ -1,0 +1,68 @@
+"""``flush``: deliver the queued backlog now, with a progress bar on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._output import _emit, _is_terminal
+from ._target import _Target
+
+
+def flush(target: _Target, args: argparse.Namespace) -> int:
+    """Deliver the backlog with the host's last settings; the key comes from the environment."""
+    decision = target.decision()
+    total = target.queue().depth()[0]
+    if not decision.enabled or total == 0:  # nothing to do: do not create an agent (or any file)
+        report = {"delivered_all": decision.enabled, "delivered": 0, "total": total, "remaining": total,
+                  "enabled": decision.enabled, "reason": decision.reason, "state": "idle"}
+        return _flush_summary(target, report)
+    config = target.config()
+    if not config.api_key:
+        print("warning: no API key (set CALLHOME_API_KEY or REO_API_KEY); the endpoint will refuse "
+              "the events", file=sys.stderr)
+    from ..agent import Agent
+
+    # the product's sender, in the foreground (a detached one already running takes part)
+    agent = Agent(**dict(target.kwargs(), call_home_interval=0, sessions=False, sender="thread"))
+    delivered_all = _flush_with_progress(agent, args.ch_timeout, total)
+    status = agent.status()
+    agent.shutdown(0.5)
+    report = {"delivered_all": delivered_all, "delivered": status["delivered"], "total": total,
+              "remaining": target.queue().depth()[0], "enabled": status["enabled"],
+              "reason": status["reason"], "state": status["state"], "last_send": status["last_send"]}
+    return _flush_summary(target, report)
+
+
+def _flush_with_progress(agent, timeout: float, total: int) -> bool:
+    """``agent.flush(timeout)``, drawing ``delivered n/total`` on stderr when it is a terminal."""
+    if not _is_terminal(sys.stderr):
+        return bool(agent.flush(timeout))
+    import threading
+
+    outcome: list = []
+    flusher = threading.Thread(target=lambda: outcome.append(agent.flush(timeout)), daemon=True)
+    flusher.start()
+    while flusher.is_alive():
+        _draw_progress(agent.status()["delivered"], total)
+        flusher.join(0.1)
+    _draw_progress(agent.status()["delivered"], total)
+    sys.stderr.write("\n")
+    return bool(outcome and outcome[0])
+
+
+def _draw_progress(done: int, total: int, width: int = 30) -> None:
+    filled = width * min(done, total) // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] delivered {done}/{total}")
+    sys.stderr.flush()
+
+
+def _flush_summary(target: _Target, report: dict) -> int:
+    if target.json:
+        _emit(report, True)
+    elif not report["enabled"]:
+        print(f"nothing sent: telemetry is off ({report['reason']}); {report['total']} event(s) stay queued")
+    else:
+        print(f"delivered {report['delivered']} of {report['total']} queued event(s); "
+              f"{report['remaining']} remain ({report['state']})")
+    return 0 if report["delivered_all"] else 1
