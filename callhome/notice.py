@@ -13,7 +13,7 @@ import re
 from .config import Config
 from .optout import product_variable
 
-__all__ = ["notice_text"]
+__all__ = ["is_terminal", "notice_text"]
 
 
 def notice_text(config: Config, state_dir: str | None = None) -> str:
@@ -36,3 +36,11 @@ def _command(config: Config, verb: str) -> str:
     if config.cli_command:
         return f"{config.cli_command} {verb}"
     return f"callhome {verb} --product {config.product_id}"
+
+
+def is_terminal(stream: object) -> bool:
+    """Whether ``stream`` is a person's terminal (False when the host replaced or closed it)."""
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False

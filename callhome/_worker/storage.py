@@ -14,7 +14,7 @@ from .._fs import product_dir
 from .._log import logger
 from .._state import HostState
 from ..memqueue import MemoryQueue
-from ..notice import notice_text
+from ..notice import is_terminal, notice_text
 from ..optout import Decision, decide
 from ..queue import DiskQueue
 
@@ -90,7 +90,7 @@ class Storage:
         if is_ci or self.choices().get("notice_version") == choices.NOTICE_VERSION:
             return
         text = notice_text(self.state.config, directory)
-        if _is_terminal():
+        if is_terminal(sys.stderr):
             sys.stderr.write(text + "\n")
             self.deferred = True
         else:
@@ -99,10 +99,3 @@ class Storage:
             choices.save(directory, notice_version=choices.NOTICE_VERSION, notice_at=int(time.time()))
         except OSError:
             pass
-
-
-def _is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # replaced or closed by the host
-        return False

@@ -39,10 +39,3 @@ def _when(epoch: object) -> str | None:
     if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or epoch <= 0:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # replaced or closed
-        return False

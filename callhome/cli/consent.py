@@ -8,7 +8,8 @@ import os
 import sys
 import time
 
-from ._output import _emit, _is_terminal
+from ..notice import is_terminal as _is_terminal
+from ._output import _emit
 from ._target import _Target
 
 

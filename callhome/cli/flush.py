@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._output import _emit, _is_terminal
+from ..notice import is_terminal as _is_terminal
+from ._output import _emit
 from ._target import _Target
 
 

@@ -320,7 +320,10 @@ def _start(argv: list, handoff: bytes) -> object:
                (os.POSIX_SPAWN_DUP2, 1, 2)]
     actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_descriptors() if fd > 2]
     try:
-        pid = os.posix_spawn(argv[0], argv, _child_environment(), file_actions=actions, setsid=True)
+        # setsigmask: the worker thread's blocked signals (a host may block SIGTERM in its threads)
+        # must not follow the sender, which ends on SIGTERM
+        pid = os.posix_spawn(argv[0], argv, _child_environment(), file_actions=actions, setsid=True,
+                             setsigmask=[])
     except BaseException:
         os.close(write_end)
         raise
