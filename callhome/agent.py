@@ -500,8 +500,8 @@ class Agent:
             return True
         deadline = time.monotonic() + timeout
         self._ensure_worker()
-        worker = self._worker_within(timeout)
-        return bool(worker.flush(max(deadline - time.monotonic(), 0)))
+        worker = self._worker_within(timeout)  # None: another thread is starting it right now
+        return bool(worker is not None and worker.flush(max(deadline - time.monotonic(), 0)))
 
     @_guarded
     def shutdown(self, timeout: float = 1.0) -> None:
