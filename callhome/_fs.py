@@ -9,8 +9,8 @@ import json
 import os
 import re
 
-__all__ = ["atomic_write", "default_root", "ensure_private_dir", "product_dir", "publish_once", "read_json",
-           "unlink_quietly", "write_json"]
+__all__ = ["atomic_write", "default_root", "ensure_private_dir", "pid_alive", "product_dir", "publish_once",
+           "read_json", "unlink_quietly", "write_json"]
 
 
 def default_root() -> str:
@@ -121,3 +121,16 @@ def unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (True when it cannot be told)."""
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would terminate it there: callers rely on age instead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists (another user's), or a platform where we cannot tell
+    return True

@@ -2,7 +2,8 @@
 
 Layout (see ``docs/architecture.md``)::
 
-    queue-v1/tmp/       in-progress writes, published by rename
+    queue-v1/tmp/       in-progress writes, published by rename; <node>.<pid>.<nonce>.<seq>.open is
+                        a process's open batch, appended to and published when full or old
     queue-v1/ready/     <not-before>-<created>-<attempt>-<done>-<count>-<bytes>-<batch>.chq
     queue-v1/inflight/  <ready name>.<node>.<pid>.<nonce>.<mode>.<lease>.clm   (claimed by a sender)
     queue-v1/corrupt/   quarantined files that hold no readable record
@@ -25,7 +26,7 @@ import time
 import zlib
 from typing import Iterator, NamedTuple
 
-from ._fs import atomic_write, ensure_private_dir, read_json, unlink_quietly, write_json
+from ._fs import atomic_write, ensure_private_dir, pid_alive, read_json, unlink_quietly, write_json
 
 __all__ = ["Claim", "DiskQueue", "Entry", "entry_name", "frame", "parse_entry", "unframe"]
 
@@ -34,6 +35,10 @@ MAX_BATCH = 64
 #: A claim that lies further ahead than this was made by a clock that jumped; it is reclaimable.
 MAX_LEASE = 600.0
 MAX_KEPT_BAD = 50
+#: An open batch untouched for this long belongs to a process that is gone (or stuck, or on
+#: another machine sharing the directory): it is published by whoever sees it.
+STALE_OPEN = 3600.0
+_OPEN = ".open"
 #: What is read of one batch file at most, so that a file grown by mistake cannot exhaust memory.
 _MAX_FILE = 16 * 1024 * 1024
 
@@ -122,6 +127,8 @@ class DiskQueue:
         self.pid = os.getpid()
         self.nonce = os.urandom(3).hex()
         self._seq = 0
+        #: this process's open batch: [path, descriptor, records, bytes, created]
+        self._open: list | None = None
 
     def open(self) -> DiskQueue:
         """Create the directories. :raises OSError: when the disk cannot hold a queue here."""
@@ -156,12 +163,96 @@ class DiskQueue:
             written += len(data)
         return written
 
+    def append(self, lines: list, now: float) -> int:
+        """Add framed records to this process's open batch in ``tmp/``; returns bytes written.
+
+        One ``write`` per call, and a file created once per batch rather than once per call
+        (creating a file costs ~100 µs of CPU on ext4 here, an append ~4 µs). As safe as
+        :meth:`put` against a crash of the process: a dead process's open batch is published by
+        :meth:`adopt_orphans`. A full batch is published at once; :meth:`publish` does the rest.
+
+        :raises OSError: ENOSPC, EROFS, ... (records already appended stay in the open batch).
+        """
+        written = 0
+        while lines:
+            if self._open is None:
+                self._open_batch(now)
+            batch = self._open
+            chunk, lines = lines[:MAX_BATCH - batch[2]], lines[MAX_BATCH - batch[2]:]
+            data = b"".join(chunk)
+            _write_all(batch[1], data)
+            batch[2] += len(chunk)
+            batch[3] += len(data)
+            written += len(data)
+            if batch[2] >= MAX_BATCH:
+                self.publish()
+        return written
+
+    @property
+    def open_records(self) -> int:
+        """Records in this process's open batch, not yet published."""
+        return self._open[2] if self._open else 0
+
+    def _open_batch(self, now: float) -> None:
+        self._seq += 1
+        path = self._path("tmp", f"{self.node}.{self.pid}.{self.nonce}.{self._seq}{_OPEN}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        self._open = [path, fd, 0, 0, now]
+
+    def publish(self) -> None:
+        """Publish the open batch into ``ready/`` (one ``rename``); nothing when none is open.
+
+        :raises OSError: when the rename fails (the batch stays in ``tmp/``, to be adopted).
+        """
+        batch, self._open = self._open, None
+        if batch is None:
+            return
+        path, fd, count, size, created = batch
+        try:
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if count == 0:
+            unlink_quietly(path)
+            return
+        self._publish_file(path, created, count, size)
+
+    def _publish_file(self, path: str, created: float, count: int, size: int) -> None:
+        name = entry_name(created, created, 0, 0, min(count, 999), size, os.urandom(8).hex())
+        os.rename(path, self._path("ready", name))
+        if self.fsync:
+            _fsync_dir(self._path("ready"))
+
+    def adopt_orphans(self, now: float) -> int:
+        """Publish the open batches of processes that died (or left them untouched for
+        ``STALE_OPEN``); returns how many. A rename: of several adopters exactly one wins."""
+        adopted = 0
+        for name in self._names("tmp"):
+            owner = _open_owner(name)
+            if owner is None or owner == (self.node, self.pid, self.nonce):
+                continue
+            path = self._path("tmp", name)
+            try:
+                info = os.stat(path)
+                dead = owner[0] == self.node and not pid_alive(owner[1])
+                if not (dead or now - info.st_mtime > STALE_OPEN):
+                    continue
+                with open(path, "rb") as f:
+                    count = len(f.read(_MAX_FILE).splitlines())
+                if count == 0:
+                    unlink_quietly(path)
+                    continue
+                self._publish_file(path, info.st_mtime, count, info.st_size)
+                adopted += 1
+            except OSError:
+                continue  # adopted by another process first, or unreadable now: next time
+        return adopted
+
     def _write_new(self, path: str, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
             if self.fsync:
                 os.fsync(fd)
         except OSError:
@@ -187,8 +278,9 @@ class DiskQueue:
                 self.quarantine("ready", name, "badname")
 
     def depth(self) -> tuple[int, int]:
-        """(records, bytes) waiting in ``ready/`` and ``inflight/``, from names alone."""
-        events = size = 0
+        """(records, bytes) waiting in ``ready/`` and ``inflight/``, from names alone, and in this
+        process's open batch."""
+        events, size = (self._open[2], self._open[3]) if self._open else (0, 0)
         for sub in ("ready", "inflight"):
             for name in self._names(sub):
                 entry = parse_entry(name.split(".chq")[0] + ".chq")
@@ -350,7 +442,10 @@ class DiskQueue:
         return dropped
 
     def _sweep_tmp(self, now: float) -> None:
+        """Drop writes a crash left behind (open batches are records: they are adopted instead)."""
         for name in self._names("tmp"):
+            if name.endswith(_OPEN):
+                continue
             path = self._path("tmp", name)
             try:
                 if now - os.stat(path).st_mtime > 3600:
@@ -380,6 +475,36 @@ def _read_lines(path: str) -> list:
     """The lines of a batch file. :raises OSError: when it is gone (claimed or deleted meanwhile)."""
     with open(path, "rb") as f:
         return f.read(_MAX_FILE).splitlines(keepends=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename into ``path`` survive power loss (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _open_owner(name: str) -> tuple | None:
+    """(node, pid, nonce) of an open batch's file name, None for any other name."""
+    if not name.endswith(_OPEN):
+        return None
+    parts = name[:-len(_OPEN)].split(".")
+    if len(parts) != 4 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]), parts[2]
 
 
 def _parse_claim(name: str) -> tuple | None:

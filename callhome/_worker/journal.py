@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from .._fs import ensure_private_dir, read_json, unlink_quietly, write_json
+from .._fs import ensure_private_dir, pid_alive, read_json, unlink_quietly, write_json
 from .._state import HostState
 
 __all__ = ["SessionJournal", "recover", "remove_journal", "write_journal"]
@@ -81,14 +81,14 @@ def recover(directory: str, stale_after: float, now: float) -> tuple[list, list]
 def _abandoned(name: str, journal: dict, stale_after: float, now: float) -> bool:
     if _CLAIMED in name:  # a recovery that died halfway; its claimer's pid is in the name
         owner = name.rsplit("-", 1)[-1]
-        return not owner.isdigit() or not _alive(int(owner))
+        return not owner.isdigit() or not pid_alive(int(owner))
     try:
         pid, beat = int(journal["pid"]), float(journal["beat"])
     except (KeyError, TypeError, ValueError):
         return True  # unreadable: nothing to close, but the file should go
     if pid == os.getpid():  # ours, or an earlier run's that had our pid (a container's pid 1)
         return now - beat > stale_after
-    return not _alive(pid) or now - beat > stale_after
+    return not pid_alive(pid) or now - beat > stale_after
 
 
 def _sessions_of(journal: dict) -> list[tuple[str, str, float, float]]:
@@ -98,18 +98,6 @@ def _sessions_of(journal: dict) -> list[tuple[str, str, float, float]]:
                 for sid, (kind, start) in journal.get("sessions", {}).items()]
     except (KeyError, TypeError, ValueError):
         return []
-
-
-def _alive(pid: int) -> bool:
-    if os.name == "nt":
-        return True  # os.kill(pid, 0) would terminate it there: rely on the heartbeat's age
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's), or a platform where we cannot tell
-    return True
 
 
 class SessionJournal:

@@ -1,7 +1,9 @@
 """Buffer → framed records → disk queue, under the product's caps.
 
 The worker calls :meth:`Spool.persist` at least every 50 ms while anything is buffered, so a
-host killed with ``kill -9`` loses at most that much of what ``track()`` accepted.
+host killed with ``kill -9`` loses at most that much of what ``track()`` accepted. Records are
+appended to this process's open batch (a write, not a new file, each time) and the batch is
+published for the sender when it is full, ``PUBLISH_AFTER`` old, or asked for (flush, exit).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ __all__ = ["Spool"]
 #: than the write itself); puts in between are added to the last count.
 DEPTH_REFRESH = 5.0
 MAINTENANCE_INTERVAL = 60.0
+#: The longest appended records wait before the sender may see them.
+PUBLISH_AFTER = 0.2
 
 
 class Spool:
@@ -33,6 +37,7 @@ class Spool:
         self._depth_at = -DEPTH_REFRESH
         self._maintained_at = 0.0
         self._detected: dict | None = None  # client properties, detected once
+        self._opened_at: float | None = None  # monotonic time of the open batch's first record
 
     def persist(self) -> int:
         """Move buffered records to the queue; returns how many. A failing disk means memory-only."""
@@ -76,12 +81,35 @@ class Spool:
             if self.depth[0] + len(lines) > config.max_queue_events:
                 self.state.counters.add("dropped.queue_full", len(lines))  # larger than the whole cap
                 return
+        queue = self.storage.queue
         try:
-            written = self.storage.queue.put(lines, time.time())
+            written = queue.append(lines, time.time())
         except OSError as exc:
+            self._publish_quietly()  # what the open batch holds stays on disk
             self.storage.go_memory_only(exc)
-            written = self.storage.queue.put(lines, time.time())
+            written = self.storage.queue.append(lines, time.time())
+        if self._opened_at is None or not self.storage.queue.open_records:
+            self._opened_at = time.monotonic() if self.storage.queue.open_records else None
         self.depth = (self.depth[0] + len(lines), self.depth[1] + written)
+
+    def publish_due(self) -> float:
+        """Seconds until the open batch must be published (``inf`` when there is none)."""
+        if self._opened_at is None:
+            return float("inf")
+        return max(self._opened_at + PUBLISH_AFTER - time.monotonic(), 0.0)
+
+    def publish(self, force: bool = False) -> None:
+        """Publish the open batch if it is old enough, or ``force`` (a flush, exit)."""
+        if self._opened_at is not None and (force or self.publish_due() == 0.0):
+            with self.state.persist_lock:
+                self._publish_quietly()
+
+    def _publish_quietly(self) -> None:
+        self._opened_at = None
+        try:
+            self.storage.queue.publish()
+        except OSError:  # the batch stays in tmp/: adopted once this process is gone
+            self.state.counters.add("internal_errors")
 
     def refresh_depth(self, force: bool = False) -> None:
         if force or time.monotonic() - self._depth_at > DEPTH_REFRESH:

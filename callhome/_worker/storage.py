@@ -68,6 +68,7 @@ class Storage:
             if directory is None:
                 raise FileNotFoundError("no home directory for callhome's state")
             queue = DiskQueue(directory, config.fsync).open()
+            queue.adopt_orphans(time.time())  # a killed process's open batch: its records go on
             settings = {"endpoint": config.endpoint, "domain": config.domain, "ip_addr": config.ip_addr,
                         "relay": config.relay, "consent": config.consent, "send_in_ci": config.send_in_ci}
             if queue.state("agent") != settings:  # every process starts here: write only on change

@@ -142,6 +142,7 @@ class Worker:
             self._save_at_exit()
         with self.state.persist_lock:
             pass  # records the worker already took from the buffer are on disk once it lets go
+        self.spool.publish(force=True)  # this Worker's open batch, if the exit hook uses another one
         if not self.state.buffer:
             self.journal.close(self.storage.directory)  # its sessions are queued
         if self.launcher is not None:
@@ -163,6 +164,7 @@ class Worker:
             if not self.schedule.looked:  # nor to the CALL_HOME (its state file keeps it once a day)
                 self._guard(self.schedule.maybe_queue)
             self.spool.persist()
+            self.spool.publish(force=True)
             if self.state.counter:
                 self.aggregates.merge(LOCAL_EXIT_BUDGET)
 
@@ -208,6 +210,7 @@ class Worker:
             else:
                 waker.wait(self._interval(), lambda: bool(self.state.buffer) or self._stopping)
         self._guard(self.spool.persist)  # records that arrived while stop() could not reach the queue
+        self._guard(lambda: self.spool.publish(force=True))
 
     def _release_flush_waiters(self) -> None:
         with self._done:
@@ -233,7 +236,7 @@ class Worker:
             wait = min(wait, max(self.aggregates.merged_at + config.flush_interval - time.monotonic(), 0.05))
         if self.launcher is not None and self.launcher.spawned:
             wait = min(wait, REAP_EVERY)
-        return min(wait, max(self.schedule.due - time.time(), 0.05))
+        return min(wait, max(self.schedule.due - time.time(), 0.05), max(self.spool.publish_due(), 0.01))
 
     def _cycle(self) -> int:
         """One pass; returns how many records it moved to the queue."""
@@ -249,6 +252,7 @@ class Worker:
             self.schedule.maybe_queue()
         self._beat()
         moved = self.spool.persist()
+        self.spool.publish(force=forced)
         if forced or self.aggregates.due():
             self.aggregates.tick()  # also windows that other processes left to send
         if forced and self.storage.queue.dir:

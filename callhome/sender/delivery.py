@@ -132,6 +132,7 @@ class Sender:
         cycle = _Cycle(config, mode, force, stopping, now + CYCLE_BUDGET)
         try:
             self.queue.recover(mode == "L", now)
+            self.queue.adopt_orphans(now)  # open batches of hosts that died (kill -9) before publishing
             self._set(SenderState.SENDING)
             finished = self._drain_all(cycle)
         finally:
