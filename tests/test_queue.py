@@ -444,3 +444,77 @@ def test_wipe_deletes_waiting_and_kept_records_but_not_the_state(disk):
     for sub in ("tmp", "ready", "inflight", "dead", "corrupt"):
         assert listing(disk, sub) == [], sub
     assert disk.state("backoff") == {"until": 5.0}
+
+
+# -- the open batch: appended to, published when full or asked, adopted when its process died ------
+
+def test_append_holds_records_in_the_open_batch_until_published(disk):
+    disk.append(lines(3), NOW)
+    assert disk.depth()[0] == 3  # counted as waiting, though no sender sees them yet
+    assert list(disk.entries()) == []
+    disk.append(lines(2, start=3), NOW)
+    disk.publish()
+    (entry,) = list(disk.entries())
+    assert entry.count == 5 and disk.depth()[0] == 5
+    claim = disk.claim(entry, "L", NOW + 60)
+    assert [r["payload"]["event_id"] for r in disk.read(claim)] == [f"id-{i}" for i in range(5)]
+
+
+def test_a_memory_queue_appends_as_it_puts(tmp_path):
+    memory = MemoryQueue("test")
+    memory.append(lines(3), NOW)
+    memory.publish()
+    assert [e.count for e in memory.entries()] == [3] and memory.adopt_orphans(NOW) == 0
+
+
+def test_a_full_open_batch_is_published_at_once(disk):
+    disk.append(lines(MAX_BATCH + 10), NOW)
+    assert [e.count for e in disk.entries()] == [MAX_BATCH]
+    assert disk.open_records == 10
+    disk.publish()
+    assert sorted(e.count for e in disk.entries()) == [10, MAX_BATCH]
+    assert listing(disk, "tmp") == []
+
+
+def test_the_open_batch_of_a_killed_process_is_adopted_once(tmp_path):
+    root = str(tmp_path / "product")
+    host = start_host(f"""
+        import os, sys, time
+        from callhome.queue import DiskQueue, frame
+        q = DiskQueue({root!r}).open()
+        q.append([frame({{"v": 1, "kind": "usage", "payload": {{"event_id": "e%d" % i}}}}) for i in range(7)], time.time())
+        print("appended", flush=True)
+        time.sleep(60)
+    """)
+    assert host.stdout.readline().strip() == "appended"
+    mine = DiskQueue(root).open()
+    assert mine.adopt_orphans(time.time()) == 0  # alive: its batch is its own
+    host.kill()
+    host.wait(10)
+    adopters = [DiskQueue(root).open() for _ in range(3)]
+    assert sum(q.adopt_orphans(time.time()) for q in adopters) == 1
+    (entry,) = list(mine.entries())
+    assert entry.count == 7 and listing(mine, "tmp") == []
+    claim = mine.claim(entry, "L", time.time() + 60)
+    assert [r["payload"]["event_id"] for r in mine.read(claim)] == [f"e{i}" for i in range(7)]
+
+
+def test_a_stale_open_batch_is_adopted_and_a_torn_line_counts_as_one(disk):
+    path = os.path.join(disk.dir, "tmp", f"{disk.node}.1.abcdef.1.open")  # pid 1: alive, never ours
+    with open(path, "wb") as f:
+        f.write(b"".join(lines(2)) + b"0000")  # killed mid-write
+    assert disk.adopt_orphans(time.time()) == 0
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert disk.adopt_orphans(time.time()) == 1
+    (entry,) = list(disk.entries())
+    assert entry.count == 3
+    records = disk.read(disk.claim(entry, "L", time.time() + 60))
+    assert records[:2] == [record(0), record(1)] and records[2] is None
+
+
+def test_the_sweep_of_tmp_never_deletes_an_open_batch(disk):
+    disk.append(lines(1), NOW)
+    old = time.time() - 7200
+    os.utime(disk._open[0], (old, old))
+    disk.prune(time.time(), 10**6, 10**9, 10**9)
+    assert disk.open_records == 1 and len(listing(disk, "tmp")) == 1
