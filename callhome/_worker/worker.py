@@ -37,6 +37,8 @@ PERSIST_EVERY = 0.05
 LOCAL_EXIT_BUDGET = 2.0
 #: While a sender this process started may exit, look at least this often (to reap it).
 REAP_EVERY = 1.0
+#: How often a busy worker looks at what changes slowly (opt-outs, heartbeat, the sender's status).
+CHECK_EVERY = 1.0
 #: A flush polls the queue's depth this often.
 FLUSH_POLL = 0.02
 #: ``SenderState`` values in which a flush cannot succeed until something changes (the delivery
@@ -90,6 +92,7 @@ class Worker:
         self._flush_done = 0
         self._stopping = False
         self._exiting = False
+        self._checked_at = -CHECK_EVERY
         self._decided: tuple = ()
 
     # -- called from the host's threads ------------------------------------------------------
@@ -239,18 +242,20 @@ class Worker:
         return min(wait, max(self.schedule.due - time.time(), 0.05), max(self.spool.publish_due(), 0.01))
 
     def _cycle(self) -> int:
-        """One pass; returns how many records it moved to the queue."""
+        """One pass; returns how many records it moved to the queue.
+
+        While the host tracks this runs every 50 ms, so it does only what must be that fresh:
+        persist, publish, keep a sender. The rest (opt-outs appearing, the sessions' heartbeat,
+        reaping, the sender's status, caps) is looked at once per ``CHECK_EVERY``, or for a flush.
+        """
         with self._done:
             ticket = self._flush_wanted
         forced = ticket > self._flush_done
-        if self._opted_out_now():
+        if (forced or time.monotonic() - self._checked_at >= CHECK_EVERY) and self._slow_checks():
             self._release_flush_waiters()
-            return 0
-        if self.launcher.config is not self.state.config:
-            self.launcher.reconfigure(self.state.config)
+            return 0  # an opt-out appeared: nothing more to do
         if time.time() >= self.schedule.due:
             self.schedule.maybe_queue()
-        self._beat()
         moved = self.spool.persist()
         self.spool.publish(force=forced)
         if forced or self.aggregates.due():
@@ -261,14 +266,24 @@ class Worker:
             self.spool.refresh_depth(force=forced)
         if self.spool.depth[0] or forced:
             self._ensure_sender(forced)  # cheap when one runs: ours is polled, others probed twice a second
-        self.launcher.reap()
-        self.launcher.refresh()
         if forced:
             with self._done:
                 self._flush_done = ticket
                 self._done.notify_all()
-        self.spool.maintain()
         return moved
+
+    def _slow_checks(self) -> bool:
+        """What may wait a second; True when an opt-out appeared (the worker then stops)."""
+        self._checked_at = time.monotonic()
+        if self._opted_out_now():
+            return True
+        if self.launcher.config is not self.state.config:
+            self.launcher.reconfigure(self.state.config)
+        self._beat()
+        self.launcher.reap()
+        self.launcher.refresh()
+        self.spool.maintain()
+        return False
 
     def _setup(self) -> None:
         self.storage.setup()
