@@ -1,16 +1,37 @@
-"""The ``callhome`` logger, created on first use so that ``import callhome`` stays cheap."""
+"""The ``callhome`` logger, only where the host uses ``logging``.
+
+``logging.getLogger("callhome")`` with a ``NullHandler``: silent unless the host configures it.
+A host that never imported ``logging`` cannot see a record either, so there callhome does not
+import it (4 ms, and a module that registers fork hooks: imported by the worker during a host's
+``fork()``, its hooks would run half and print a traceback): records go nowhere, as they would.
+"""
 
 from __future__ import annotations
+
+import sys
 
 __all__ = ["logger"]
 
 _logger = None
 
 
+class _Silent:
+    """Stands in for the logger while the host has no ``logging``."""
+
+    def _drop(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    debug = info = warning = error = exception = _drop
+
+
+_SILENT = _Silent()
+
+
 def logger():  # -> logging.Logger, untyped so that the annotation imports nothing
-    """``logging.getLogger("callhome")`` with a ``NullHandler``: silent unless the host configures it."""
     global _logger
     if _logger is None:
+        if "logging" not in sys.modules:
+            return _SILENT
         import logging
 
         log = logging.getLogger("callhome")

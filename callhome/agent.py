@@ -27,6 +27,8 @@ __all__ = ["Agent"]
 
 #: How long a fork waits for the worker thread to finish its imports (normally milliseconds).
 FORK_WAIT = 5.0
+#: How long the exit hook waits for the worker thread to be built (normally milliseconds).
+EXIT_WAIT = 1.0
 
 
 def _guarded(method):
@@ -478,7 +480,8 @@ class Agent:
             self._worker = Worker(self.state, self._port(), threading.current_thread())
         finally:
             self._worker_ready.set()
-        self._worker.run()
+        if not self._exited:  # a run so short that its exit hook does the worker's job itself
+            self._worker.run()
 
     def _port(self) -> HostPort:
         return HostPort(self.queue_call_home, self.accept_session, self.refuse, self.client_properties)
@@ -524,7 +527,9 @@ class Agent:
         try:
             self._end_sessions()
             self._exited = True
-            worker = self._worker_within(0) if self.state.config is not None else None
+            # the thread's own Worker, once built (milliseconds): a second one built here would
+            # leave records the thread had taken in an open batch nobody publishes
+            worker = self._worker_within(EXIT_WAIT) if self.state.config is not None else None
             if worker is not None:
                 worker.stop(self.state.config.exit_timeout, exiting=True)
         except Exception:
@@ -617,10 +622,17 @@ class Agent:
 
 def _finalize_with_multiprocessing(agent: Agent) -> None:
     """A ``multiprocessing`` child ends with ``os._exit`` and skips ``atexit``; its own exit
-    functions run, so the child's records are saved there."""
+    functions run, so the child's records are saved there. The finaliser is registered from
+    multiprocessing's own after-fork step, which runs after it clears the parent's finalisers."""
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
-        util.Finalize(None, _weak_call(agent, "_at_exit"), exitpriority=-100)
+        util.register_after_fork(agent, _finalize_at_exit)
+
+
+def _finalize_at_exit(agent: Agent) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, _weak_call(agent, "_at_exit"), exitpriority=-100)
 
 
 def _category(category: object, problems: list) -> str:

@@ -38,6 +38,8 @@ import math
 import os
 import threading
 
+from .buffer import deque
+
 from .payload import MAX_ACTIVITY, clean_meta
 from .schema import MAX_FUTURE_S
 
@@ -87,8 +89,11 @@ class Counter:
     """Host-thread side: in-memory partial counts per ``(window_start, activity)``.
 
     ``add`` takes a short lock (a dict update, no I/O) so that host threads and the worker's
-    ``drain`` never lose an increment. Replace the Counter after ``fork()``: the child must not
-    report the parent's counts, and the lock may have been held by a thread that is gone.
+    ``drain`` never lose an increment, but never waits for it: when it is held — by another
+    thread, or by this very thread that a signal handler interrupted — the count goes to a
+    ``deque`` (an atomic append) that ``drain`` folds in. Replace the Counter after ``fork()``:
+    the child must not report the parent's counts, and the lock may have been held by a thread
+    that is gone.
     """
 
     def __init__(self, interval: float, max_activities: int = 100) -> None:
@@ -97,6 +102,9 @@ class Counter:
         self._lock = threading.Lock()
         self._counts: dict = {}
         self._per_window: dict = {}  # window start -> distinct activities, for the cap
+        self._pending: deque = deque()  # counts made while the lock was held
+        #: calls whose count a cap refused after the fact (they were pending), for the worker to count
+        self.capped = 0
 
     def add(self, activity: str, n: int, now: float) -> bool:
         """Count ``n`` uses of ``activity`` at time ``now``; False when not counted.
@@ -114,7 +122,9 @@ class Counter:
             interval = self.interval
             key = (int(now // interval) * interval, activity)
             lock = self._lock
-            lock.acquire()  # acquire/release rather than ``with``: half the cost, and this is hot
+            if not lock.acquire(False):  # acquire/release rather than ``with``: half the cost
+                self._pending.append((key, n))
+                return True
             try:
                 self._counts[key] += n  # a sum beyond MAX_COUNT is clamped when merged
             except KeyError:
@@ -138,6 +148,13 @@ class Counter:
     def drain(self) -> dict:
         """Everything counted so far, ``{(window_start, activity): count}``, leaving the Counter empty."""
         with self._lock:
+            pending = self._pending
+            while pending:
+                key, n = pending.popleft()
+                if key in self._counts:
+                    self._counts[key] += n
+                elif not self._add_new(key, n):
+                    self.capped += 1
             taken, self._counts, self._per_window = self._counts, {}, {}
         return taken
 
@@ -153,7 +170,13 @@ class Counter:
                 self._counts[key] = self._counts.get(key, 0) + n
 
     def __len__(self) -> int:
-        return len(self._counts)
+        return len(self._counts) + len(self._pending)
+
+    def take_capped(self) -> int:
+        """Calls refused by a cap once their pending count was folded in (worker side)."""
+        with self._lock:
+            capped, self.capped = self.capped, 0
+        return capped
 
 
 # -- the shared store -----------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class AggregateEmitter:
             return
         with self.state.persist_lock:  # exit waits for counts this thread took, as for records
             partial = counter.drain()
+            self.state.counters.add("dropped.aggregate_cap", counter.take_capped())
             if not partial:
                 return
             try:

@@ -59,11 +59,12 @@ def preload(config: Config) -> None:
     from .._fs import atomic_write, ensure_private_dir  # noqa: F401
     from ..payload import platform_triple  # noqa: F401
 
-    logger()
     if config.data_dir is None:
         import platformdirs  # noqa: F401
     if config.sender == "thread" or spawn_problem():
-        from ..sender import loop  # noqa: F401  (the thread sender's delivery stack)
+        from ..sender import loop, transport  # noqa: F401  (the thread sender's delivery stack)
+
+        transport.preload(config.endpoint)
     if config.license_secret or not _clean_name(config.product_id):
         import hashlib  # noqa: F401  (license HMAC, the product directory's name)
         import hmac  # noqa: F401

@@ -17,7 +17,7 @@ from ..backoff import parse_retry_after
 from ..schema import AGGREGATE_PATH, USAGE_PATH
 
 __all__ = ["AUTH", "OK", "REJECTED", "RETRY", "ClientTransport", "HttpTransport", "SendResult", "classify",
-           "open_transport"]
+           "open_transport", "preload"]
 
 OK = "ok"                #: delivered
 AUTH = "auth"            #: the key was refused: pause sending, keep the queue
@@ -157,6 +157,19 @@ class HttpTransport:
 
     def close(self) -> None:
         self.session.close()
+
+
+def preload(endpoint: str) -> None:
+    """Import now what :func:`open_transport` and the first request will import: a thread sender
+    runs in the host, which may fork while that thread is importing."""
+    import encodings.idna  # noqa: F401  (host names)
+    import hashlib  # noqa: F401  (auth.json names the key by a hash)
+    import http.client  # noqa: F401
+
+    if endpoint.startswith("https://"):
+        _tls_context()
+    if _needs_requests(endpoint):
+        import requests  # noqa: F401
 
 
 def open_transport(endpoint: str, api_key: str | None, timeout: float):
