@@ -206,6 +206,70 @@ class Collector:
         self.close()
 
 
+class FaultyCollector:
+    """callhome's collector in its own process (``_collector_ctl.py``), whose faults the benchmark
+    scripts: ``fail_all("hang:0.3")`` answers every request after 0.3 s, ``fail_all(None)`` clears."""
+
+    kind = "collector"
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="callhome-bench-collector-")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(os.path.join(self.tmp.name, "collector.log"), "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(BENCH, "_collector_ctl.py"), str(self.port),
+             os.path.join(self.tmp.name, "events.sqlite3"), API_KEY],
+            env=child_env(), cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            text=True)
+        try:
+            wait_port(self.port, self.proc)
+        except Exception:
+            self.close()
+            raise
+
+    def ask(self, op: str, **args: object) -> dict:
+        self.proc.stdin.write(json.dumps(dict(args, op=op)) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self._log.seek(0)
+            raise RuntimeError(f"the collector exited: {self._log.read()[-2000:]}")
+        return json.loads(line)
+
+    def fail_all(self, action: object) -> None:
+        self.ask("fail", action=action)
+
+    def stats(self) -> dict:
+        return self.ask("stats")
+
+    def events(self, activity: str | None = None) -> int:
+        """Records stored (of ``activity`` only, if given)."""
+        if activity is not None:
+            return int(self.ask("count", activity=activity)["count"])
+        return int(self.stats().get("events", 0))
+
+    def rows(self, activity: str) -> dict:
+        """``{"rows": [[event_id, received_at, meta], ...], "activities": {name: count}}``."""
+        return self.ask("rows", activity=activity)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        stop_process(self.proc)
+        self._log.close()
+        self.tmp.cleanup()
+
+    def __enter__(self) -> FaultyCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Sink:
     """The shared ``sink.py`` (asyncio, keep-alive, counts events; answers 200 to any path)."""
 
@@ -333,6 +397,28 @@ def machine() -> str:
         pass
     return (f"{os.cpu_count()} cores ({cpu or platform.processor() or platform.machine()}), "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+
+
+def source_state() -> str:
+    """The checkout's commit and a digest of every ``callhome/`` source file's content: taken before
+    and after a run, it tells whether the code changed under the run (an edit, a commit, a checkout)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(os.path.join(REPO, "callhome"))):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                digest.update(os.path.relpath(path, REPO).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    try:
+        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip() or "unknown"
+    except OSError:
+        head = "unknown"
+    return f"{head}, callhome/ sources {digest.hexdigest()[:12]}"
 
 
 def banner(title: str) -> None:

@@ -1,7 +1,7 @@
 """Run every benchmark in sequence and print one summary table (callhome / posthog / segment).
 
-    python bench/run_all.py                 # the full set (about 3-5 minutes on 2 cores)
-    python bench/run_all.py --quick         # smaller counts, for a smoke test (about 1 minute)
+    python bench/run_all.py                 # the full set (about 8-10 minutes on 2 cores)
+    python bench/run_all.py --quick         # smaller counts, for a smoke test (about 2 minutes)
     python bench/run_all.py --json out.json # also save every raw figure
 
 Peer figures are measured in the same run (never copied from elsewhere): ratios are
@@ -19,6 +19,7 @@ import time
 
 import _common as c
 import cli_startup
+import delivery
 import import_time
 import server_down
 import throughput
@@ -78,6 +79,8 @@ def main() -> None:
     rows += throughput.rows(r)
     results["server_down"] = r = server_down.run(sizes["down_calls"])
     rows += server_down.rows(r)
+    results["delivery"] = r = delivery.run(quick=q)
+    rows += delivery.rows(r)
 
     elapsed = time.perf_counter() - started
     results["seconds"] = round(elapsed, 1)
