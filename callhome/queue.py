@@ -32,6 +32,9 @@ __all__ = ["Claim", "DiskQueue", "Entry", "entry_name", "frame", "parse_entry", 
 
 _SUBDIRS = ("tmp", "ready", "inflight", "corrupt", "dead", "locks", "state")
 MAX_BATCH = 64
+#: An open batch grows to this many records before it is published: a file created per 256
+#: records rather than per 64 (each creation costs ~100 µs of CPU on ext4 here).
+MAX_OPEN = 256
 #: A claim that lies further ahead than this was made by a clock that jumped; it is reclaimable.
 MAX_LEASE = 600.0
 MAX_KEPT_BAD = 50
@@ -178,13 +181,13 @@ class DiskQueue:
             if self._open is None:
                 self._open_batch(now)
             batch = self._open
-            chunk, lines = lines[:MAX_BATCH - batch[2]], lines[MAX_BATCH - batch[2]:]
+            chunk, lines = lines[:MAX_OPEN - batch[2]], lines[MAX_OPEN - batch[2]:]
             data = b"".join(chunk)
             _write_all(batch[1], data)
             batch[2] += len(chunk)
             batch[3] += len(data)
             written += len(data)
-            if batch[2] >= MAX_BATCH:
+            if batch[2] >= MAX_OPEN:
                 self.publish()
         return written
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import run_host, start_host
 
 from callhome.memqueue import MemoryQueue
-from callhome.queue import MAX_BATCH, MAX_KEPT_BAD, MAX_LEASE, DiskQueue, frame, parse_entry, unframe
+from callhome.queue import MAX_BATCH, MAX_KEPT_BAD, MAX_LEASE, MAX_OPEN, DiskQueue, frame, parse_entry, unframe
 
 NOW = time.time()
 
@@ -468,11 +468,11 @@ def test_a_memory_queue_appends_as_it_puts(tmp_path):
 
 
 def test_a_full_open_batch_is_published_at_once(disk):
-    disk.append(lines(MAX_BATCH + 10), NOW)
-    assert [e.count for e in disk.entries()] == [MAX_BATCH]
+    disk.append(lines(MAX_OPEN + 10), NOW)
+    assert [e.count for e in disk.entries()] == [MAX_OPEN]
     assert disk.open_records == 10
     disk.publish()
-    assert sorted(e.count for e in disk.entries()) == [10, MAX_BATCH]
+    assert sorted(e.count for e in disk.entries()) == [10, MAX_OPEN]
     assert listing(disk, "tmp") == []
 
 
