@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -197,3 +198,16 @@ def files_under(top: str) -> dict:
             with open(os.path.join(folder, name), "rb") as f:
                 found[os.path.join(folder, name)] = f.read()
     return found
+
+
+def kill_9_when(host, ready, why: str, timeout: float = 60) -> None:
+    """SIGKILL ``host`` once ``ready()`` holds (while it still runs); never leave it running."""
+    try:
+        assert wait_until(ready, timeout=timeout), why
+        assert host.poll() is None, host.communicate()
+        host.send_signal(signal.SIGKILL)
+        host.wait(timeout=10)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()

@@ -20,7 +20,8 @@ import zlib
 
 import pytest
 from callhome._lock import is_held
-from conftest import API_KEY, PRODUCT, ROOT, host_options, listing, queue_dir, run_host, start_host, wait_until
+from conftest import (API_KEY, PRODUCT, ROOT, host_options, kill_9_when, listing, queue_dir, run_host, start_host,
+                      wait_until)
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -48,19 +49,6 @@ def ids_in_file(path: str) -> list:
         except (ValueError, KeyError, TypeError):
             continue
     return ids
-
-
-def kill_9_when(host, ready, why: str, timeout: float = 60) -> None:
-    """SIGKILL ``host`` once ``ready()`` holds (while it still runs); never leave it running."""
-    try:
-        assert wait_until(ready, timeout=timeout), why
-        assert host.poll() is None, host.communicate()
-        host.send_signal(signal.SIGKILL)
-        host.wait(timeout=10)
-    finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait()
 
 
 def ids_on_disk(state_dir: str, subs=("ready", "inflight")) -> list:

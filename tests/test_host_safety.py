@@ -17,7 +17,7 @@ import time
 
 import pytest
 from callhome._lock import is_held
-from conftest import host_options, listing, queue_dir, run_host, start_host, wait_until
+from conftest import host_options, kill_9_when, listing, queue_dir, run_host, start_host, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and POSIX signals")
 
@@ -182,17 +182,10 @@ def test_kill_9_at_1000_events_per_second_with_a_slow_server(collector, state_di
             if pause > 0:
                 time.sleep(pause)
     """)
-    try:
-        assert wait_until(lambda: tracked_path.exists() and tracked_path.stat().st_size, timeout=30), \
-            host.communicate(timeout=10) if host.poll() is not None else "the host never tracked"
-        time.sleep(2.4)
-        assert host.poll() is None, host.communicate()
-        host.send_signal(signal.SIGKILL)
-        host.wait(timeout=10)
-    finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait()
+    assert wait_until(lambda: tracked_path.exists() and tracked_path.stat().st_size, timeout=30), \
+        host.communicate(timeout=10) if host.poll() is not None else "the host never tracked"
+    killed_at = time.monotonic() + 2.4
+    kill_9_when(host, lambda: time.monotonic() >= killed_at, "never", timeout=10)
     stdout, stderr = host.communicate()
     assert host.returncode == -signal.SIGKILL
     assert stdout == "" and stderr == "", stderr
