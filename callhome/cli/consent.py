@@ -144,13 +144,42 @@ def forget(target: _Target, args: argparse.Namespace) -> int:
             print("nothing deleted", file=sys.stderr)
             return 1
     if existed:
-        shutil.rmtree(directory)
+        _stop_the_sender(target)
+        _remove_tree(shutil, directory)
     report = {"deleted": existed, "state_dir": directory}
     if target.json:
         _emit(report, True)
     else:
         print(f"deleted {directory}" if existed else f"nothing stored for {target.product_id} ({directory})")
     return 0
+
+
+def _stop_the_sender(target: _Target, wait: float = 2.0) -> None:
+    """Ask the product's sender to end and wait for it (a bounded while): it would write its
+    status into the directory being deleted."""
+    from .._lock import is_held
+    from ..sender.files import LOCK_NAME, request_retirement
+
+    queue = target.queue()
+    if not is_held(queue.lock_path(LOCK_NAME)):
+        return
+    request_retirement(queue.dir, "", time.time(), "the product's state was forgotten")
+    deadline = time.monotonic() + wait
+    while is_held(queue.lock_path(LOCK_NAME)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _remove_tree(shutil, directory: str, attempts: int = 5) -> None:
+    """``rmtree``, again if a process of the product wrote into it meanwhile."""
+    for _ in range(attempts - 1):
+        try:
+            shutil.rmtree(directory)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _confirm(prompt: str) -> bool:

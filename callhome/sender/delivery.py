@@ -29,6 +29,8 @@ __all__ = ["Sender", "SenderState", "Transport", "fill_identity"]
 AUTH_PAUSE = 3600.0
 #: One process holds ``flush.lock`` for at most this long, then lets others have a turn.
 CYCLE_BUDGET = 10.0
+#: Requests kept in memory for the sent log before they are written (otherwise once per cycle).
+SENT_LOG_EVERY = 100
 #: Records waiting beyond which a second connection drains in parallel.
 PARALLEL_BACKLOG = 64
 
@@ -304,6 +306,8 @@ class Sender:
         self.last_send = {"at": time.time(), "outcome": result.outcome, "status": result.status,
                           "detail": result.detail}
         self._sent.append(dict(self.last_send, url=url, payload=payload))
+        if len(self._sent) >= SENT_LOG_EVERY:
+            self._write_sent_log()  # a long cycle must not hold every request it made in memory
 
     def _write_sent_log(self) -> None:
         """The requests of this cycle into the local sent log (``callhome log``) and CALLHOME_LOG_FILE."""
