@@ -268,7 +268,7 @@ def test_wrong_key_pauses_then_the_right_key_delivers_everything(make_agent, col
     ids = [wrong.track("secondary1", meta={"i": i}) for i in range(5)]
     for _ in range(3):
         assert wrong.flush(2) is False
-    assert wait_until(lambda: wrong.status()["state"].startswith("auth_failed"), timeout=3), wrong.status()
+    assert wait_until(lambda: wrong.status()["state"].startswith("auth_failed"), timeout=10), wrong.status()
     assert collector.app.requests.total <= 2
     assert collector.store.stats()["auth_failures"] >= 1
     assert wrong.status()["queued"] == 5 and wrong.status()["dropped_total"] == 0

@@ -130,8 +130,10 @@ def write_batch(state_dir: str, sub: str, name: str, data: bytes) -> str:
 
 @pytest.mark.slow
 def test_kill_9_mid_run_loses_nothing_that_reached_the_disk(collector, state_dir, tmp_path):
+    # the thread sender dies with the host, so the queue is frozen at the kill and can be read
+    # as it was (a detached sender goes on; tests/test_host_safety.py covers that case)
     tracked_path = tmp_path / "tracked.txt"
-    options = host_options(collector, state_dir, flush_interval=0.05)
+    options = host_options(collector, state_dir, flush_interval=0.05, sender="thread")
     host = start_host(f"""
         import time, callhome
         callhome.init({options})

@@ -152,6 +152,7 @@ class Worker:
         if self.launcher is not None:
             if self._sender_wanted():
                 self._guard(lambda: self.launcher.ensure(now=True))
+                self._guard(self.launcher.ensure_successor)
             self.launcher.stop(timeout, exiting=self._exiting)
 
     def _save_at_exit(self) -> None:
@@ -240,6 +241,8 @@ class Worker:
             wait = min(wait, max(self.aggregates.merged_at + config.flush_interval - time.monotonic(), 0.05))
         if self.launcher is not None and self.launcher.spawned:
             wait = min(wait, REAP_EVERY)
+        if self.launcher is not None and self.launcher.awaiting_retirement and self.spool.depth[0]:
+            wait = min(wait, 0.1)  # an older sender is making way: start ours as soon as it is gone
         return min(wait, max(self.schedule.due - time.time(), 0.05), max(self.spool.publish_due(), 0.01))
 
     def _cycle(self) -> int:
@@ -283,6 +286,7 @@ class Worker:
         self._beat()
         self.launcher.reap()
         self.launcher.refresh()
+        self.spool.refresh_depth(force=True)  # the sender empties the queue: stop asking for one
         self.spool.maintain()
         return False
 
@@ -290,6 +294,7 @@ class Worker:
         self.storage.setup()
         if self.storage.queue is not None and self.launcher is None:
             self.launcher = self._new_launcher()
+            self.launcher.claim_settings()  # before this process publishes anything
             self.spool.refresh_depth(force=True)
 
     def _opted_out_now(self) -> bool:

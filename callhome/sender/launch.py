@@ -35,11 +35,6 @@ EARLY_EXIT = 10.0
 STATUS_EVERY = 1.0
 
 
-#: Senders this process started and no longer looks after (a shutdown(), a new launcher), still
-#: to be reaped once they exit.
-_ORPHANS: list = []
-
-
 def spawn_problem() -> str | None:
     """Why this host must not start ``python -m callhome`` (None when it can)."""
     if getattr(sys, "frozen", False):
@@ -111,6 +106,11 @@ class Launcher:
                 return
         self._replace_if_stale()
 
+    @property
+    def awaiting_retirement(self) -> bool:
+        """An older sender was asked to make way and ours is not started yet: look again soon."""
+        return self._retire_asked and self._child is None
+
     def reconfigure(self, config: Config) -> None:
         """``init()`` again: a sender with the old settings makes way for one with the new."""
         self.config, self._fingerprint = config, fingerprint(config)
@@ -119,6 +119,12 @@ class Launcher:
             self.fallback = "sender='thread'"
         if self._loop is not None:
             self._loop.stop()  # a thread sender: the next ensure() starts one with the new settings
+
+    def claim_settings(self) -> None:
+        """At start: a running sender with an older run's settings is asked to make way at once,
+        so that it does not send this process's records with them."""
+        if not self.fallback and self.queue.dir is not None and is_held(self.queue.lock_path(LOCK_NAME)):
+            self._replace_if_stale()
 
     def _replace_if_stale(self) -> None:
         """A sender with other settings (an older run's key or endpoint) makes way for ours, once:
@@ -135,7 +141,6 @@ class Launcher:
     def reap(self) -> None:
         """Collect a sender that exited (a host that is PID 1 must not gather zombies)."""
         self._child_alive()
-        _ORPHANS[:] = [child for child in _ORPHANS if child.poll() is None]
 
     def _child_alive(self) -> bool:
         child = self._child
@@ -151,21 +156,28 @@ class Launcher:
             self._failures = 0
         return False
 
-    def _spawn(self) -> None:
-        handoff = json.dumps({"version": __version__, "package": package_dir(),
+    def ensure_successor(self) -> None:
+        """At exit, while an older sender is making way: start ours now, to wait for its lock
+        (a request on the wire bounds that wait), since this process will not look again."""
+        if not self.fallback and self.awaiting_retirement:
+            self._spawn(wait_for_lock=2 * self.config.timeout + 5)
+
+    def _spawn(self, wait_for_lock: float = 0.0) -> None:
+        handoff = json.dumps({"version": __version__, "package": package_dir(), "wait": wait_for_lock,
                               "config": self.config.to_dict()}).encode()
         try:
             child = _start([sys.executable, "-m", "callhome", "_sender"], handoff)
         except Exception as exc:  # no permission to start processes, no such file, out of pids
-            self._failed(f"{type(exc).__name__}: {exc}")
+            # not a passing state: a short run could not wait for three attempts
+            self._failed(f"{type(exc).__name__}: {exc}", at_once=True)
             return
         self._child, self._child_started = child, time.monotonic()
         self.spawned += 1
         self.counters.add("sender.started")
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, at_once: bool = False) -> None:
         self.counters.add("sender.failed")
-        self._failures += 1
+        self._failures = MAX_FAILURES if at_once else self._failures + 1
         logger().debug("callhome: starting the sender failed (%s)", why)
         if self._failures >= MAX_FAILURES:
             self.fallback = f"the sender process could not be started ({why})"
@@ -204,7 +216,8 @@ class Launcher:
         request on the wire."""
         child, self._child = self._child, None
         if child is not None and not exiting and child.poll() is None:
-            _ORPHANS.append(child)  # at exit it is left to init; otherwise a later reap() collects it
+            # at exit it is left to init; otherwise a daemon thread waits for it (no zombie)
+            threading.Thread(target=child.wait, name="callhome-reaper", daemon=True).start()
         loop, thread = self._loop, self._thread
         if loop is not None and thread is not None:
             in_flight = loop.sender.in_flight
@@ -226,6 +239,8 @@ class Launcher:
         status = read_status(self.queue.dir)
         if not isinstance(status.get("counts"), dict):
             return
+        # a sender killed without a word left its last status behind: the lock tells the truth
+        status["alive"] = is_held(self.queue.lock_path(LOCK_NAME))
         key = (status.get("pid"), status.get("started"))
         if key[0] == os.getpid():
             return  # this process's own thread sender: its counts are ours already
@@ -276,7 +291,7 @@ class Launcher:
                     "last_send": loop.sender.last_send if loop else None, "updated": loop.updated if loop else 0.0,
                     "our_settings": True, "resources": None}
         status = self._status
-        running = status.get("ended") is None and bool(status)
+        running = status.get("ended") is None and bool(status.get("alive"))
         return {"mode": "process", "why": None, "running": running, "pid": status.get("pid") if running else None,
                 "since": status.get("started") if running else None,
                 "sent": status.get("counts", {}).get("delivered", 0), "state": status.get("state", "idle"),
@@ -291,6 +306,12 @@ class _Child:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
+
+    def wait(self) -> int | None:
+        """Block until it exits (a daemon thread's job once nobody else looks after it)."""
+        while self.poll() is None:
+            time.sleep(0.5)
+        return self.returncode
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -373,6 +394,6 @@ def _start_with_popen(argv: list, handoff: bytes) -> object:
 def _child_environment() -> dict:
     """The host's environment (opt-outs, proxies, CA bundles), with this copy of callhome first
     on the path so that ``-m callhome`` finds it even when the host put it there by hand."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("CALLHOME_API_KEY", "REO_API_KEY")}  # on stdin
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(package_dir()), env.get("PYTHONPATH")) if p)
     return env

@@ -63,12 +63,13 @@ class SenderLoop:
         self.last_error: dict | None = None
 
     # -- life ------------------------------------------------------------------------------------
-    def claim(self) -> bool:
-        """Take the product's sender lock; False when another sender is alive (or locks fail)."""
+    def claim(self, wait: float = 0.0) -> bool:
+        """Take the product's sender lock within ``wait`` seconds; False when another sender is
+        alive (or locks fail)."""
         if self._lock is None:
             return True  # a memory-only queue belongs to this process alone
         try:
-            self._lock.acquire(0)
+            self._lock.acquire(wait, poll=0.05)
         except Busy:
             return False
         except OSError as exc:

@@ -43,7 +43,7 @@ def main() -> int:
         return 3
     os.chdir(directory)  # started in the host's directory: do not keep it busy
     loop = SenderLoop(config, queue, choices.Watch(directory), "process")
-    if not loop.claim():
+    if not loop.claim(wait=float(handoff.get("wait") or 0)):
         return 0
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     loop.run()
