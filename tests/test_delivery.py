@@ -127,7 +127,8 @@ def test_transient_failure_then_success(make_agent, collector, state_dir, fault,
     assert failure is not None, status
     assert detail in f"{failure['status']} {failure['detail']}", failure
     assert started <= failure["at"]
-    log = sent_log(state_dir)
+    # the sender writes its sent log when its cycle ends, a moment after the queue emptied
+    log = wait_until(lambda: len(sent_log(state_dir)) >= 2 and sent_log(state_dir), timeout=10)
     assert [entry["outcome"] for entry in log] == ["retry", "ok"], log
     if isinstance(fault, tuple):
         assert log[1]["at"] - log[0]["at"] >= 1.0, "Retry-After: 1 not honoured"
