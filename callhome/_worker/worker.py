@@ -107,6 +107,7 @@ class Worker:
             self.spool.refresh_depth(force=True)
             self.launcher.refresh(force=True)
             if self.spool.depth[0] == 0 and not self.state.buffer:
+                self._settled(min(deadline, time.monotonic() + 1.0))
                 return self.lost() == lost  # a record dropped or rejected meanwhile was not delivered
             if self._stuck(asked) or time.monotonic() > deadline:
                 return False
@@ -125,6 +126,13 @@ class Worker:
                     return False
                 self._done.wait(remaining)
         return self.launcher is not None
+
+    def _settled(self, until: float) -> None:
+        """Let the sender say its cycle ended (it acks a batch, then publishes ``idle``): after a
+        flush, ``status()`` describes the queue it emptied."""
+        while self.launcher.snapshot()["state"].startswith("sending") and time.monotonic() < until:
+            time.sleep(FLUSH_POLL)
+            self.launcher.refresh(force=True)
 
     def _stuck(self, asked: float) -> bool:
         """The sender answered our request with a state that waits (backoff, auth, held, ...)."""
