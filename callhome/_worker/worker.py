@@ -93,6 +93,7 @@ class Worker:
         self._flush_done = 0
         self._stopping = False
         self._exiting = False
+        self._flushing = 0  # flush() calls waiting for the queue to empty
         self._checked_at = -CHECK_EVERY
         self._decided: tuple = ()
 
@@ -103,6 +104,13 @@ class Worker:
         if not self._persist_now(deadline):
             return self.storage.refused is not None
         lost, asked = self.lost(), time.time()
+        self._flushing += 1
+        try:
+            return self._wait_until_sent(deadline, lost, asked)
+        finally:
+            self._flushing -= 1
+
+    def _wait_until_sent(self, deadline: float, lost: int, asked: float) -> bool:
         while True:
             self.spool.refresh_depth(force=True)
             self.launcher.refresh(force=True)
@@ -277,7 +285,7 @@ class Worker:
         if forced or moved:
             self.spool.refresh_depth(force=forced)
         if self.spool.depth[0] or forced:
-            self._ensure_sender(forced)  # cheap when one runs: ours is polled, others probed twice a second
+            self._ensure_sender(forced or self._flushing > 0)  # a flush waits: despite a backoff  # cheap when one runs: ours is polled, others probed twice a second
         if forced:
             with self._done:
                 self._flush_done = ticket

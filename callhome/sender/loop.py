@@ -29,6 +29,8 @@ __all__ = ["SenderLoop"]
 POLL = 0.05
 #: Without a change in ``ready/``, a full cycle still runs this often (batches due after a retry).
 RESCAN = 1.0
+#: A flush request younger than this when a sender starts gets its forced cycle.
+RECENT_FLUSH = 10.0
 #: ``sender.json`` is rewritten at most this often while sending (and on every change of state).
 STATUS_EVERY = 0.25
 
@@ -57,7 +59,11 @@ class SenderLoop:
         self._shown: tuple = ()
         self._ready_stamp: int | None = None
         self._scanned_at = 0.0
-        self._forced_stamp = _mtime(self._state_path(FLUSH_FILE))
+        # a flush asked for in the last seconds is this sender's to answer (it may have been
+        # started for it, after an older sender made way)
+        requested = _mtime(self._state_path(FLUSH_FILE))
+        recent = requested is not None and time.time() - requested / 1e9 < RECENT_FLUSH
+        self._forced_stamp = None if recent else requested
         self._retire_stamp = _mtime(self._state_path(RETIRE_FILE))
         self.fingerprint = fingerprint(config)
         self.last_error: dict | None = None
