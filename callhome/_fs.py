@@ -9,7 +9,7 @@ import json
 import os
 import re
 
-__all__ = ["atomic_write", "default_root", "ensure_private_dir", "pid_alive", "product_dir", "publish_once",
+__all__ = ["atomic_write", "default_root", "ensure_private_dir", "mtime_ns", "pid_alive", "product_dir", "publish_once",
            "read_json", "unlink_quietly", "write_json"]
 
 
@@ -134,3 +134,11 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # exists (another user's), or a platform where we cannot tell
     return True
+
+
+def mtime_ns(path: str) -> int | None:
+    """When ``path`` last changed (a cheap "has it changed?" stamp), or None when it is absent."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from ._fs import atomic_write, ensure_private_dir, read_json
+from ._fs import atomic_write, ensure_private_dir, mtime_ns, read_json
 
 __all__ = ["GLOBAL_FILE", "NOTICE_VERSION", "PRODUCT_FILE", "Watch", "load", "paths", "save"]
 
@@ -58,17 +58,10 @@ class Watch:
     def __call__(self) -> dict:
         if self.product_dir is None:
             return {}
-        stamp = tuple(_mtime(path) for path in paths(self.product_dir))
+        stamp = tuple(mtime_ns(path) for path in paths(self.product_dir))
         if stamp != self._stamp:
             self._choices, self._stamp = load(self.product_dir), stamp
         return self._choices
-
-
-def _mtime(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return None
 
 
 def save(product_dir: str, scope: str = "product", **fields: object) -> str:

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable
 
-from .._fs import read_json, write_json
+from .._fs import mtime_ns, read_json, write_json
 from .._lock import Busy, FileLock
 from .._log import logger
 from ..buffer import Counters
@@ -61,10 +61,10 @@ class SenderLoop:
         self._scanned_at = 0.0
         # a flush asked for in the last seconds is this sender's to answer (it may have been
         # started for it, after an older sender made way)
-        requested = _mtime(self._state_path(FLUSH_FILE))
+        requested = mtime_ns(self._state_path(FLUSH_FILE))
         recent = requested is not None and time.time() - requested / 1e9 < RECENT_FLUSH
         self._forced_stamp = None if recent else requested
-        self._retire_stamp = _mtime(self._state_path(RETIRE_FILE))
+        self._retire_stamp = mtime_ns(self._state_path(RETIRE_FILE))
         self.fingerprint = fingerprint(config)
         self.last_error: dict | None = None
 
@@ -132,17 +132,17 @@ class SenderLoop:
 
     def _due(self) -> bool:
         """Whether to run a cycle: new batches, a flush request, or a periodic rescan."""
-        stamp = _mtime(os.path.join(self.queue.dir, "ready")) if self.queue.dir else None
+        stamp = mtime_ns(os.path.join(self.queue.dir, "ready")) if self.queue.dir else None
         now = time.monotonic()
         if self.mode == "thread" or stamp != self._ready_stamp or now - self._scanned_at >= RESCAN \
-                or _mtime(self._state_path(FLUSH_FILE)) != self._forced_stamp:
+                or mtime_ns(self._state_path(FLUSH_FILE)) != self._forced_stamp:
             self._ready_stamp, self._scanned_at = stamp, now
             return True
         return False
 
     def _retired(self) -> str | None:
         """Why a host started after us asked us to end (other settings, say, or an opt-out)."""
-        stamp = _mtime(self._state_path(RETIRE_FILE))
+        stamp = mtime_ns(self._state_path(RETIRE_FILE))
         if stamp == self._retire_stamp:
             return None
         self._retire_stamp = stamp
@@ -152,7 +152,7 @@ class SenderLoop:
         return None
 
     def _forced(self) -> bool:
-        stamp = _mtime(self._state_path(FLUSH_FILE))
+        stamp = mtime_ns(self._state_path(FLUSH_FILE))
         if stamp != self._forced_stamp:
             self._forced_stamp = stamp
             return True
@@ -207,10 +207,3 @@ def _resources() -> dict:
     except ImportError:  # Windows
         pass
     return resources
-
-
-def _mtime(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return None
