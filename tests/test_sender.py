@@ -607,7 +607,10 @@ def test_status_does_not_show_a_dead_sender_as_running(hosts, collector, state_d
         import json, os, time, callhome
         # sessions: the worker starts at init, with nothing to queue
         callhome.init({host_options(collector, state_dir, sessions=True)})
-        time.sleep(1.5)
+        deadline = time.monotonic() + 10
+        # until the worker has read the stale sender.json (its "sending" state shows)
+        while callhome.status()["state"] != "sending" and time.monotonic() < deadline:
+            time.sleep(0.02)
         print(json.dumps(callhome.status()), flush=True)
         os._exit(0)  # (the exit hook would queue the session's record, and start a sender for it)
     """)
@@ -1053,7 +1056,10 @@ PID1_HOST = """
         first_seen = {{pid: at for pid, at in first_seen.items() if pid in current}}
         time.sleep(0.25)
     flushed = callhome.flush(10)
-    time.sleep(2.5)  # the last sender goes idle, exits and is reaped
+    deadline = time.monotonic() + 15
+    # the last sender goes idle, exits and is reaped (or the deadline comes, and the test says so)
+    while (zombies() or callhome.status()["sender"]["running"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     print(json.dumps({{"ids": ids, "flushed": flushed, "longest": longest, "left": zombies(),
                       "sender": callhome.status()["sender"]}}))
 """
