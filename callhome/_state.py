@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, NamedTuple
 
-from .buffer import Buffer, Counters, Waker
+from .buffer import Buffer, Counters, Waker, deque
 from .config import Config
 from .optout import Decision
 from .sessions import Sessions
@@ -21,12 +21,12 @@ class HostState:
     """The per-process things the host shares with its worker; a fork gets a fresh one."""
 
     __slots__ = ("config", "decision", "buffer", "counters", "counter", "count_meta", "sessions",
-                 "properties", "static", "base_meta", "ephemeral_id", "waker", "persist_lock")
+                 "properties", "static", "base_meta", "ephemeral_id", "waker", "persist_lock", "problems")
 
-    def __init__(self, max_buffer: int = 10000) -> None:
+    def __init__(self, max_buffer: int = 50000, max_buffer_bytes: int = 16 << 20) -> None:
         self.config: Config | None = None
         self.decision = Decision(False, "init() was not called")
-        self.buffer = Buffer(max_buffer)
+        self.buffer = Buffer(max_buffer, max_buffer_bytes)
         self.counters = Counters()
         #: aggregate counts (``callhome.aggregate.Counter``), created by the first ``count()``
         self.counter: Any = None
@@ -40,6 +40,8 @@ class HostState:
         self.waker: Waker | None = None
         #: held while records taken from the buffer are being written: exit waits for it
         self.persist_lock = threading.Lock()
+        #: the host's latest mistakes, for ``status()`` (the worker adds what it finds in raw calls)
+        self.problems: deque = deque(maxlen=20)
 
 
 class HostPort(NamedTuple):

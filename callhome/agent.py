@@ -16,11 +16,11 @@ import weakref
 
 from ._version import __version__
 from ._state import HostPort, HostState
-from .buffer import OWN_THREADS, Buffer, Counters, Waker, deque
+from .buffer import OWN_THREADS, RAW_WEIGHT, RECORD_WEIGHT, Buffer, Counters, Waker
 from .config import Config, resolve
 from .optout import Decision, decide
-from .payload import (Rejected, clean_activity, clean_meta, clean_name, clean_user, coerce_event_at, new_event_id,
-                      static_fields)
+from .payload import (Rejected, call_label, clean_activity, clean_category, clean_meta, clean_user, coerce_event_at,
+                      new_event_id, ready_ids, static_fields)
 from .sessions import clean_session_id, session_event_id, session_meta
 
 __all__ = ["Agent"]
@@ -64,7 +64,6 @@ class Agent:
     def __init__(self, product_id: str | None = None, **options: object) -> None:
         self.state = HostState()
         self._strict = bool(options.get("strict"))
-        self._problems = deque(maxlen=20)
         self.process_session: str | None = None
         self._hooks_installed = False
         self._lock = _thread.allocate_lock()
@@ -73,6 +72,10 @@ class Agent:
         self._closed = False
         #: set once the exit hook has run: later calls are refused and counted, not accepted and lost
         self._exited = False
+        #: ``track()`` hands the raw call over; ``_off``: it is refused (see :meth:`_set_handoff`)
+        self._raw, self._off = False, True
+        #: activity names ``count()`` has cleaned, as the host passed them → as counted
+        self._counted: dict = {}
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(before=_weak_call(self, "_before_fork"),
                                 after_in_child=_weak_call(self, "_after_fork"))
@@ -114,10 +117,11 @@ class Agent:
                 self.state.base_meta["product_version"] = config.product_version
             if decision.is_ci:
                 self.state.base_meta["is_ci"] = True
-            self.state.buffer.maxlen = config.max_buffer
+            self.state.buffer.resize(config.max_buffer, config.max_buffer_bytes)
             self.state.ephemeral_id = decision.is_ci
             self._closed = False
-        self._problems.extend(config.problems)
+            self._set_handoff()
+        self.state.problems.extend(config.problems)
         if not (decision.enabled or config.debug):
             return
         if config.capture_exceptions and not self._hooks_installed:
@@ -135,14 +139,51 @@ class Agent:
             self._ensure_worker()  # it decides whether this process owes a CALL_HOME, journals sessions
 
     # -- events --------------------------------------------------------------------------------
-    @_guarded
     def track(self, activity: str, user_id: str | None = None, user_id_type: str | None = None,
               meta: dict | None = None, event_at: object = None, category: str | None = None) -> str | None:
         """Queue one event for ``/api/product/usage``; returns its ``event_id`` (None if not queued).
 
-        Cheap and non-blocking: the record is built here and handed to the worker. ``category``
-        groups events in reports (``meta.category``).
+        Cheap and non-blocking. In the default mode the raw call (with a shallow copy of
+        ``meta``) is handed to the worker, which cleans and encodes it; debug and strict modes
+        check it here, so a mistake is reported at the line that made it. ``category`` groups
+        events in reports (``meta.category``).
         """
+        if self._raw:
+            buffer = self._buffer
+            if buffer.bytes >= buffer.limit:
+                self.state.counters.add("dropped.buffer_full")
+                return None
+            weight = RAW_WEIGHT
+            if meta is not None:  # weighed here, inline (the hottest path): what the call keeps alive
+                if type(meta) is not dict:
+                    return self._track(activity, user_id, user_id_type, meta, event_at, category)
+                weight += KEY_WEIGHT * len(meta)  # a key, a number: a flat rate; a string: its length
+                for key in meta:
+                    if type(meta[key]) is str:
+                        weight += len(meta[key])
+            if _ident() not in OWN_THREADS:
+                if ready_ids:  # made ahead by the worker
+                    try:
+                        event_id = _take_id()
+                    except IndexError:  # another thread took the last one
+                        event_id = new_event_id()
+                else:
+                    event_id = new_event_id()
+                buffer.extend((weight, activity, user_id, user_id_type, None if meta is None else meta.copy(),
+                               event_at, category, _now(), event_id))  # RAW_FIELDS, in order
+                buffer.bytes += weight  # accepted: counted by the buffer (Buffer.accepted)
+                if self._waker.sleeping:
+                    self._waker.poke()
+                return event_id
+        elif self._off:  # not initialised, opted out or shut down: refused at once
+            return None
+        return self._track(activity, user_id, user_id_type, meta, event_at, category)
+
+    @_guarded
+    def _track(self, activity, user_id, user_id_type, meta, event_at, category) -> str | None:
+        """``track()`` checked on the host's thread: debug, strict, per-activity modes, an
+        activity that is not a ``str`` or a meta that is not a ``dict``, a call from callhome's
+        own threads, the worker not started."""
         if _thread.get_ident() in OWN_THREADS:
             self.state.counters.add("dropped.recursion")
             return None
@@ -152,7 +193,16 @@ class Agent:
             self.count(record["payload"]["activity_type"])
         return None if mode == "aggregate" else self._accept(record)
 
-    @_guarded
+    def _set_handoff(self) -> None:
+        """Whether ``track()`` may hand the raw call over: the default mode, sending, a worker
+        started, no per-activity modes (which need the cleaned name on the host)."""
+        config, state = self.state.config, self.state
+        self._buffer, self._waker = state.buffer, state.waker
+        self._off = not self._tracking()
+        self._raw = bool(config is not None and state.decision.enabled and not (config.debug or config.strict)
+                         and not config.activity_modes and not (self._closed or self._exited)
+                         and self._thread is not None and state.waker is not None)
+
     def count(self, activity: str, n: int = 1, meta: dict | None = None) -> bool:
         """Add ``n`` to ``activity``'s count in the current window, sent as one aggregate record.
 
@@ -160,6 +210,19 @@ class Agent:
         process sends for ``activity``: use it for properties that do not change per call.
         :return: True when counted.
         """
+        counter = self.state.counter
+        if self._raw and counter is not None and meta is None and type(activity) is str and type(n) is int:
+            name = self._counted.get(activity)  # seen and cleaned before: only the sum is left to do
+            if name is not None and 0 < n < 1 << 53 and _thread.get_ident() not in OWN_THREADS:
+                if counter.add_clean(name, n, time.time()):
+                    return True
+                self.state.counters.add("dropped.aggregate_cap")
+                return False
+        return False if self._off else self._count_checked(activity, n, meta)
+
+    @_guarded
+    def _count_checked(self, activity: object, n: object, meta: object) -> bool:
+        """``count()`` with its arguments checked (a name not seen yet, ``meta``, a refusal)."""
         if _thread.get_ident() in OWN_THREADS:
             self.state.counters.add("dropped.recursion")
             return False
@@ -184,6 +247,10 @@ class Agent:
         if config.debug or not self.state.decision.enabled:
             sys.stderr.write(f"[callhome] (not sent: {self.state.decision.reason or 'debug mode'}) count {name} +{n}\n")
             return True
+        if type(activity) is str:
+            if len(self._counted) >= MAX_COUNTED:
+                self._counted.clear()
+            self._counted[activity] = name
         return self._count(name, n)
 
     def _count(self, name: str, n: int) -> bool:
@@ -245,11 +312,11 @@ class Agent:
             name = clean_activity(activity, problems)
             extra = clean_meta(meta, problems)
             if category is not None:
-                category = _category(category, problems)
+                category = clean_category(category, problems)
                 if category:
                     extra["category"] = category
         except Rejected as exc:
-            self._note([str(exc)])
+            self._note([f"{call_label(activity)} dropped: {exc}"])
             self.state.counters.add("dropped.invalid")
             return None
         record = self._record(name, extra, coerce_event_at(event_at, time.time(), problems))
@@ -257,7 +324,7 @@ class Agent:
         if user:
             record["payload"]["user_id"], record["payload"]["user_id_type"] = user
         if problems:
-            self._note(problems)
+            self._note([f"{call_label(activity)}: {problem}" for problem in problems])
         return record
 
     def _record(self, activity: str, meta: dict, event_at: int, event_id: str | None = None) -> dict:
@@ -412,7 +479,7 @@ class Agent:
         if self._strict:
             raise ValueError("; ".join(problems))
         self.state.counters.add("coerced", len(problems))
-        self._problems.extend(problems)
+        self.state.problems.extend(problems)
 
     def _accept(self, record: dict | None, internal: bool = False) -> str | None:
         """Hand a record to the worker: a ``deque.append`` and a lock-free count, nothing more."""
@@ -425,7 +492,7 @@ class Agent:
         if state.config.debug or not state.decision.enabled:
             self._print(record)
             return record["payload"]["event_id"]
-        if not state.buffer.put(record):
+        if not state.buffer.put(record, RECORD_WEIGHT):
             state.counters.add("dropped.buffer_full")
             return None
         state.counters.add("accepted")
@@ -460,6 +527,7 @@ class Agent:
                     self.state.waker = Waker()
                 self._thread = threading.Thread(target=self._run_worker, name="callhome-worker", daemon=True)
                 self._thread.start()
+                self._set_handoff()
         finally:
             self._lock.release()
         self._hook_exit()
@@ -517,16 +585,19 @@ class Agent:
             worker.stop(max(deadline - time.monotonic(), 0))
         self._closed = True
         self._forget_worker()
+        self._set_handoff()
 
     def refuse(self, decision: Decision) -> None:
         """The worker found telemetry off (a saved ``disable``, or no consent yet): keep nothing."""
         self.state.decision = decision
+        self._set_handoff()
         self.state.counters.add("dropped.opted_out", len(self.state.buffer.drain()))
 
     def _at_exit(self) -> None:
         try:
             self._end_sessions()
             self._exited = True
+            self._set_handoff()
             # the thread's own Worker, once built (milliseconds): a second one built here would
             # leave records the thread had taken in an open batch nobody publishes
             worker = self._worker_within(EXIT_WAIT) if self.state.config is not None else None
@@ -549,13 +620,14 @@ class Agent:
         old = self.state
         if old.waker is not None:
             old.waker.close()
-        state = self.state = HostState(old.buffer.maxlen)
+        state = self.state = HostState(old.buffer.maxlen, old.buffer.max_bytes)
         state.config, state.decision, state.static, state.base_meta = old.config, old.decision, old.static, old.base_meta
         state.ephemeral_id, state.properties, state.count_meta = old.ephemeral_id, old.properties, old.count_meta
         # the parent's counts and sessions stay the parent's: a forked child (a pool worker) is part of its run
         self.process_session = None
         self._lock = _thread.allocate_lock()
         self._forget_worker()
+        self._set_handoff()  # until the child's first call starts its worker
         if old.config is not None and (old.decision.enabled and not old.config.debug):
             _finalize_with_multiprocessing(self)
 
@@ -606,7 +678,7 @@ class Agent:
             "counting": len(state.counter) if state.counter else 0,
             "sessions": len(state.sessions),
             "queued": seen.get("queued", 0),
-            "accepted": counts.get("accepted", 0),
+            "accepted": counts.get("accepted", 0) + state.buffer.accepted(),
             "delivered": counts.get("delivered", 0),
             "rejected": counts.get("rejected", 0),
             "dropped": dropped,
@@ -614,7 +686,7 @@ class Agent:
             "coerced": counts.get("coerced", 0),
             "internal_errors": counts.get("internal_errors", 0),
             "last_send": seen.get("last_send"),
-            "problems": list(self._problems),
+            "problems": list(self.state.problems),
         }
         report["held"] = report["queued"] if report["state"].startswith("held") else 0
         return report
@@ -635,13 +707,11 @@ def _finalize_at_exit(agent: Agent) -> None:
     multiprocessing.util.Finalize(None, _weak_call(agent, "_at_exit"), exitpriority=-100)
 
 
-def _category(category: object, problems: list) -> str:
-    """The cleaned category; an unusable one is left out (and counted), the event is still sent."""
-    try:
-        return clean_name(category, problems)
-    except Rejected as exc:
-        problems.append(f"{exc}; the event is sent without it")
-        return ""
+_now, _ident, _take_id = time.time, _thread.get_ident, ready_ids.popleft
+#: Activity names whose cleaned form ``count()`` remembers (a product has tens; a bound all the same).
+MAX_COUNTED = 1024
+#: Per meta key: the copy's entry, and a key or number the record keeps alive.
+KEY_WEIGHT = 80
 
 
 def _weak_call(obj: object, name: str):

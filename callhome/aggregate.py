@@ -119,21 +119,25 @@ class Counter:
             if (type(activity) is not str or type(n) is not int or not 0 < n <= MAX_COUNT
                     or not 0 < len(activity) <= MAX_ACTIVITY):
                 return False
-            interval = self.interval
-            key = (int(now // interval) * interval, activity)
-            lock = self._lock
-            if not lock.acquire(False):  # acquire/release rather than ``with``: half the cost
-                self._pending.append((key, n))
-                return True
-            try:
-                self._counts[key] += n  # a sum beyond MAX_COUNT is clamped when merged
-            except KeyError:
-                return self._add_new(key, n)
-            finally:
-                lock.release()
-            return True
+            return self.add_clean(activity, n, now)
         except Exception:  # a NaN, infinite or non-numeric ``now``; a MemoryError
             return False
+
+    def add_clean(self, activity: str, n: int, now: float) -> bool:
+        """:meth:`add` for arguments already checked (the host's hot path)."""
+        interval = self.interval
+        key = (int(now // interval) * interval, activity)
+        lock = self._lock
+        if not lock.acquire(False):  # acquire/release rather than ``with``: half the cost
+            self._pending.append((key, n))
+            return True
+        try:
+            self._counts[key] += n  # a sum beyond MAX_COUNT is clamped when merged
+        except KeyError:
+            return self._add_new(key, n)
+        finally:
+            lock.release()
+        return True
 
     def _add_new(self, key: tuple, n: int) -> bool:
         """A new (window, activity) pair, within the caps; called with the lock held."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 from itertools import count
 
 try:  # the C type itself: ``collections`` costs a host a few milliseconds to import
@@ -9,41 +10,109 @@ try:  # the C type itself: ``collections`` costs a host a few milliseconds to im
 except ImportError:  # another Python implementation
     from collections import deque
 
-__all__ = ["OWN_THREADS", "Buffer", "Counters", "Waker"]
+__all__ = ["OWN_THREADS", "RAW_FIELDS", "RAW_WEIGHT", "RECORD_WEIGHT", "Buffer", "Counters", "Waker", "weight_of"]
 
 #: Idents of callhome's own threads. An event tracked from one of them (a host logging handler
 #: that forwards log lines, fed by callhome's or urllib3's own logging) would feed back forever.
 OWN_THREADS: set = set()
+#: What a built record (a session, an exception, a CALL_HOME) is charged in the buffer.
+RECORD_WEIGHT = 4096
+#: The fields of a raw ``track()`` call in the buffer: its weight, then activity, user_id,
+#: user_id_type, a copy of meta, event_at, category, the time of the call and its event_id.
+RAW_FIELDS = 9
+#: The least a raw call weighs (the memory it holds besides its meta: the fields, the id, the time).
+RAW_WEIGHT = 480
 
 
 class Buffer:
-    """A bounded FIFO of records waiting for the worker; when full, the newest record is refused.
+    """A bounded FIFO of what waits for the worker; when full, the newest call is refused.
 
-    ``deque.append`` and ``popleft`` are atomic, so the host never waits for a lock here.
+    Two kinds of entries: a record the host side built (a ``dict``: sessions, exceptions, the
+    CALL_HOME, every record in debug and strict modes), and a raw ``track()`` call, whose
+    :data:`RAW_FIELDS` fields are added with one ``deque.extend`` rather than as a tuple: a
+    tuple per call would be one more object for the host's garbage collector to visit. The
+    fields of one call are contiguous (``extend`` of a tuple runs without releasing the GIL and
+    is not interrupted by a signal handler), and a call starts with its weight, an ``int``, so
+    the worker tells the two apart.
+
+    Bounded by weight: each call weighs an estimate of the memory it holds (at least
+    ``RAW_WEIGHT``), a built record ``RECORD_WEIGHT``; the buffer refuses new entries once the
+    total reaches ``min(max_bytes, maxlen * RAW_WEIGHT)``, so it never holds more than ``maxlen``
+    calls nor ``max_bytes``. ``extend``, ``append`` and ``popleft`` are atomic, so the host never
+    waits for a lock here; the total is kept without one too: a lost update (two host threads
+    adding at once) is forgotten when the worker next empties the buffer.
     """
 
-    def __init__(self, maxlen: int) -> None:
-        self.maxlen = maxlen
-        self._items: deque = deque()
+    def __init__(self, maxlen: int, max_bytes: int = 16 << 20) -> None:
+        self.maxlen, self.max_bytes = maxlen, max_bytes
+        #: what ``track()`` compares ``bytes`` with (``resize`` keeps it in step)
+        self.limit = min(max_bytes, maxlen * RAW_WEIGHT)
+        #: the weight held (``track()`` adds to it inline, the worker's drain takes away)
+        self.bytes = 0
+        self.items: deque = deque()
+        #: ``items.extend``, looked up once: ``track()`` adds a raw call's fields with it
+        self.extend = self.items.extend
+        #: raw calls the worker took (``track()`` does not count the calls it accepts: this
+        #: plus those still here is that count, read under ``_taking``)
+        self.taken = 0
+        self._taking = _thread.allocate_lock()
 
-    def put(self, record: dict) -> bool:
-        if len(self._items) >= self.maxlen:
+    def resize(self, maxlen: int, max_bytes: int) -> None:
+        self.maxlen, self.max_bytes = maxlen, max_bytes
+        self.limit = min(max_bytes, maxlen * RAW_WEIGHT)
+
+    def put(self, record: dict, weight: int = RECORD_WEIGHT) -> bool:
+        """Add a record the host side built."""
+        if self.bytes >= self.limit:
             return False
-        self._items.append(record)
+        self.items.append(record)
+        self.bytes += weight
         return True
 
-    def drain(self, limit: int = 1 << 30) -> list:
-        taken = []
-        popleft = self._items.popleft
-        try:
-            while len(taken) < limit:
-                taken.append(popleft())
-        except IndexError:
-            pass
+    def drain(self) -> list:
+        """Everything buffered, oldest first: records (dicts) and raw calls (tuples of RAW_FIELDS)."""
+        flat: list = []
+        popleft = self.items.popleft
+        with self._taking:
+            try:
+                while True:
+                    flat.append(popleft())
+            except IndexError:
+                pass
+            taken = _entries(flat)
+            self.taken += sum(type(entry) is tuple for entry in taken)
+        # emptied: start the count afresh rather than subtract (a lost update must not last)
+        self.bytes = 0 if not self.items else max(self.bytes - sum(map(weight_of, taken)), 0)
         return taken
 
+    def accepted(self) -> int:
+        """Raw calls accepted so far: taken by the worker, or waiting here."""
+        with self._taking:
+            return self.taken + sum(type(entry) is tuple for entry in _entries(list(self.items)))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
     def __len__(self) -> int:
-        return len(self._items)
+        """Calls and records waiting (counted on a copy: for ``status()``, not a hot path)."""
+        return len(_entries(list(self.items)))
+
+
+def _entries(flat: list) -> list:
+    entries, i, end = [], 0, len(flat)
+    while i < end:
+        if type(flat[i]) is dict:
+            entries.append(flat[i])
+            i += 1
+        else:
+            entries.append(tuple(flat[i:i + RAW_FIELDS]))
+            i += RAW_FIELDS
+    return entries
+
+
+def weight_of(entry: object) -> int:
+    """The weight an entry was charged: a raw call carries it first, a record is a flat rate."""
+    return entry[0] if type(entry) is tuple else RECORD_WEIGHT
 
 
 class Counters:
@@ -59,11 +128,16 @@ class Counters:
     def add(self, name: str, n: int = 1) -> None:
         if n <= 0:
             return
+        counter = self.counter(name)
+        for _ in range(n):
+            next(counter)
+
+    def counter(self, name: str) -> count:
+        """The count behind ``name``: a hot path calls ``next()`` on it directly."""
         counter = self._counts.get(name)
         if counter is None:
             counter = self._counts.setdefault(name, count())  # setdefault: atomic, one winner
-        for _ in range(n):
-            next(counter)
+        return counter
 
     def get(self, name: str) -> int:
         counter = self._counts.get(name)

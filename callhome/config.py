@@ -46,7 +46,7 @@ class Config:
         "capture_exceptions", "exception_messages", "license_secret", "data_dir", "flush_interval", "call_home_interval",
         "call_home_activity", "timeout", "exit_timeout", "debug", "strict", "enabled",
         "send_in_ci", "env_prefix", "optout_env", "consent", "cli_command", "aggregate_interval",
-        "activity_modes", "max_buffer", "max_queue_events",
+        "activity_modes", "max_buffer", "max_buffer_bytes", "max_queue_events",
         "max_queue_bytes", "max_age", "max_attempts", "max_event_bytes", "fsync",
         "sender", "sender_idle_timeout", "sender_lifetime", "problems",
     )
@@ -121,7 +121,8 @@ _OPTIONS = {
     "aggregate_interval": (3600.0, ("CALLHOME_AGGREGATE_INTERVAL",), "interval"),
     "activity_modes": ({}, (), "modes"),
     "cli_command": (None, (), None),
-    "max_buffer": (10000, (), "count"),
+    "max_buffer": (50000, (), "count"),
+    "max_buffer_bytes": (16 * 1024 * 1024, (), "count"),
     "max_queue_events": (50000, (), "count"),
     "max_queue_bytes": (32 * 1024 * 1024, (), "count"),
     "max_age": (7 * 86400.0, (), "seconds"),

@@ -11,12 +11,13 @@ import os
 import sys
 from itertools import count
 
+from .buffer import deque
 from ._version import __version__
 from .config import Config
 from .schema import MAX_FUTURE_S, MAX_STRING, MIN_EVENT_AT, USER_ID_TYPES
 
-__all__ = ["MAX_META_BYTES", "MAX_META_KEYS", "Rejected", "new_event_id", "coerce_event_at",
-           "clean_meta", "clean_activity", "clean_name", "clean_user", "platform_triple", "user_agent",
+__all__ = ["MAX_META_BYTES", "MAX_META_KEYS", "IDS_AHEAD", "Rejected", "make_event_ids", "new_event_id", "ready_ids", "coerce_event_at",
+           "call_label", "clean_meta", "clean_activity", "clean_category", "clean_name", "clean_user", "platform_triple", "user_agent",
            "static_fields"]
 
 #: The agent adds its own keys (installation id, versions) to the host's, within the schema's 64.
@@ -24,7 +25,6 @@ MAX_META_KEYS = 50
 #: Approximate serialized size of ``meta``; keys beyond it are dropped.
 MAX_META_BYTES = 8 * 1024
 MAX_KEY = 64
-_POOL_IDS = 256
 MAX_ACTIVITY = 128
 
 
@@ -32,36 +32,64 @@ class Rejected(Exception):
     """The event cannot be sent at all (no usable activity name)."""
 
 
-#: Random bytes for the next 256 event ids, and the index of the next 16 (an atomic counter:
-#: two threads never take the same slice; a pool shared with a forked child is replaced in it).
-_POOL: tuple = (b"", count(_POOL_IDS))
+def _new_series() -> tuple:
+    """A fresh random prefix (74 bits: the uuid4 layout's random bits less the last 48) and the
+    counter of blocks that make the last 48 bits: a block number of 10 hex digits (started at a
+    random point in [16**9, 8 * 16**9), so it never needs an 11th) and 2 more for the id in it."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-"
+    return prefix, count((1 << 36) + (int(h[20:30], 16) >> 3))
 
 
-def _refill() -> None:
-    global _POOL
-    _POOL = (b"", count(_POOL_IDS))
+#: Ids are made a block at a time: the block's start formatted once, then one concatenation per id.
+_SUFFIXES = tuple("%02x" % i for i in range(256))
+#: How many ids the worker keeps ready.
+IDS_AHEAD = 1024
+#: This process's id prefix and counter of blocks; a forked child draws a series of its own.
+_SERIES: tuple = _new_series()
+#: Ids made ahead (by the worker thread, or by a call that found none), so that ``track()`` only pops one.
+ready_ids: deque = deque()
 
 
-if hasattr(os, "register_at_fork"):  # a child drawing from its parent's pool would repeat its ids
-    os.register_at_fork(after_in_child=_refill)
+def _reseed() -> None:
+    global _SERIES
+    ready_ids.clear()  # the parent's: a child handing them out would repeat its ids
+    _SERIES = _new_series()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)
 
 
 def new_event_id() -> str:
-    """A random uuid4 string, without importing ``uuid`` (import time matters to hosts).
+    """A uuid4-shaped id: this process's random prefix and a counter value.
 
-    The randomness comes from ``os.urandom`` 4 KiB at a time: one system call per 256 ids.
+    Unique across processes (74 random bits per process) and within one (``next()`` on an
+    ``itertools.count`` and ``deque.popleft`` are atomic), without a system call or a lock:
+    ``track()`` takes one per call on the host's thread, also from a signal handler. Formatting
+    costs more than taking one ready, so ids are made a block at a time.
     """
-    global _POOL
-    data, taken = _POOL
-    i = next(taken)
-    if i >= _POOL_IDS:
-        data, taken = os.urandom(16 * _POOL_IDS), count(1)
-        _POOL, i = (data, taken), 0
-    raw = bytearray(data[16 * i:16 * i + 16])
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    if ready_ids:
+        try:
+            return ready_ids.popleft()
+        except IndexError:  # another thread took the last one
+            pass
+    block = _block()  # the worker has not made any yet, or a burst used them up
+    ready_ids.extend(block[1:])
+    return block[0]
+
+
+def _block() -> list:
+    prefix, blocks = _SERIES
+    head = "%s%010x" % (prefix, next(blocks))
+    return [head + suffix for suffix in _SUFFIXES]
+
+
+def make_event_ids() -> None:
+    """Worker side: top up the ids ``track()`` takes."""
+    while len(ready_ids) < IDS_AHEAD:
+        ready_ids.extend(_block())
 
 
 def coerce_event_at(value: object, now: float, problems: list) -> int:
@@ -135,6 +163,21 @@ def clean_name(name: object, problems: list, what: str = "category") -> str:
     if cleaned != name:
         problems.append(f"{what} {name[:40]!r} trimmed")
     return cleaned
+
+
+def call_label(activity: object) -> str:
+    """How ``status()["problems"]`` names a ``track()`` call: ``track('name')``."""
+    shown = repr(activity[:40]) if isinstance(activity, str) else f"<{type(activity).__name__}>"
+    return f"track({shown})"
+
+
+def clean_category(category: object, problems: list) -> str:
+    """The cleaned category; an unusable one is left out (and counted), the event is still sent."""
+    try:
+        return clean_name(category, problems)
+    except Rejected as exc:
+        problems.append(f"{exc}; the event is sent without it")
+        return ""
 
 
 def clean_user(user_id: object, user_id_type: object, problems: list) -> tuple[str, str] | None:

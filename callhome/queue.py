@@ -28,7 +28,7 @@ from typing import Iterator, NamedTuple
 
 from ._fs import atomic_write, ensure_private_dir, pid_alive, read_json, unlink_quietly, write_json
 
-__all__ = ["Claim", "DiskQueue", "Entry", "entry_name", "frame", "parse_entry", "unframe"]
+__all__ = ["Claim", "DiskQueue", "Entry", "entry_name", "frame", "frame_json", "parse_entry", "unframe"]
 
 _SUBDIRS = ("tmp", "ready", "inflight", "corrupt", "dead", "locks", "state")
 MAX_BATCH = 64
@@ -72,7 +72,11 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(...
 
 def frame(record: dict) -> bytes:
     """One record as a line: CRC32 of the JSON, a space, the JSON (``ensure_ascii`` keeps one line)."""
-    data = _ENCODER.encode(record).encode()
+    return frame_json(_ENCODER.encode(record).encode())
+
+
+def frame_json(data: bytes) -> bytes:
+    """The line of a record already encoded as one line of ASCII JSON."""
     return b"%08x %s\n" % (zlib.crc32(data), data)
 
 

@@ -224,9 +224,21 @@ def test_activity_names_are_conditioned_like_categories(make_agent, collector):
     agent = make_agent()
     names = {"  open\t\tfile  ": "open file", "a" * 127 + " b": "a" * 127, "x\u3000\u3000y": "x y"}
     ids = {agent.track(given): expected for given, expected in names.items()}
-    assert agent.track(" \t\n ") is None  # nothing left of the name: not an event
+    # nothing left of the name: not an event. The default mode finds it on the worker thread
+    # (track() handed the raw call over), drops it and names it in problems.
+    assert agent.track(" \t\n ")
     assert agent.flush(10)
     assert {p["event_id"]: p["activity_type"] for p in payloads(collector)} == ids
+    status = agent.status()
+    assert status["dropped"] == {"invalid": 1}
+    assert any(p.startswith("track(' \\t\\n ') dropped: activity is empty") for p in status["problems"]), status
+
+
+def test_strict_mode_refuses_an_unusable_activity_at_the_call(make_agent):
+    agent = make_agent(strict=True)
+    with pytest.raises(ValueError):
+        agent.track(" \t\n ")
+    assert make_agent(debug=True).track(" \t\n ") is None
 
 
 # -- debug mode ------------------------------------------------------------------------------------------

@@ -45,9 +45,9 @@ class AggregateEmitter:
         self.merge(None)
         due = store.take_due(time.time())
         if due:
-            lines = [self.spool.frame(self._record(store, *item), None) for item in due]
+            lines = self.spool.records.lines([self._record(store, *item) for item in due], None)
             with self.state.persist_lock:
-                self.spool.put([line for line in lines if line])
+                self.spool.put(lines)
             store.mark_emitted(sorted({start for start, _, _ in due}), time.time())
         self._count_drops(store.drain_dropped())
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from .. import properties
 from .._state import HostState
-from ..queue import frame
+from .records import Records
 from .storage import Storage
 
 __all__ = ["Spool"]
@@ -38,6 +38,7 @@ class Spool:
         self._depth_at = -DEPTH_REFRESH
         self._maintained_at = 0.0
         self._detected: dict | None = None  # client properties, detected once
+        self.records = Records(state, self._properties)
         self._opened_at: float | None = None  # monotonic time of the open batch's first record
 
     def persist(self) -> int:
@@ -50,22 +51,10 @@ class Spool:
             self.put_records(records, self.storage.installation_id)
         return len(records)
 
-    def put_records(self, records: list, installation_id: str | None) -> None:
-        lines = [line for line in (self.frame(r, installation_id) for r in records) if line]
+    def put_records(self, items: list, installation_id: str | None) -> None:
+        lines = self.records.lines(items, installation_id)
         if lines:
             self.put(lines)
-
-    def frame(self, record: dict, installation_id: str | None) -> bytes | None:
-        if installation_id:
-            record["payload"].setdefault("meta", {})["installation_id"] = installation_id
-        if record.pop("props", False):
-            meta = record["payload"]["meta"]
-            meta.update((k, v) for k, v in self._properties().items() if k not in meta)
-        line = frame(record)
-        if len(line) > self.state.config.max_event_bytes:
-            self.state.counters.add("dropped.oversize")
-            return None
-        return line
 
     def _properties(self) -> dict:
         if self._detected is None:

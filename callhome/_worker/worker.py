@@ -19,6 +19,7 @@ from .._log import logger
 from .._state import HostPort, HostState
 from ..buffer import OWN_THREADS
 from ..optout import OPT_OUT_VARIABLES, decide, product_variable
+from ..payload import make_event_ids
 from ..sender.files import request_flush
 from ..config import Config
 from ..sender.launch import Launcher, spawn_problem
@@ -277,6 +278,7 @@ class Worker:
         if time.time() >= self.schedule.due:
             self.schedule.maybe_queue()
         moved = self.spool.persist()
+        make_event_ids()  # the ids the host's next calls take
         self.spool.publish(force=forced)
         if forced or self.aggregates.due():
             self.aggregates.tick()  # also windows that other processes left to send

@@ -1,0 +1,153 @@
+"""What the host buffered → framed queue lines, on the worker's thread.
+
+In the default mode ``track()`` hands over the raw call (``buffer.RAW_FIELDS`` fields) and nothing more;
+here it is cleaned, validated and encoded, so the host pays for none of it. The fields every
+record of this agent shares are encoded once per configuration and installation id; each call
+then costs one small encode of its own fields. A call that cannot be sent is dropped and
+counted, and ``status()["problems"]`` names its activity and why. Records the host side built
+itself (sessions, exceptions, the CALL_HOME; every record in debug and strict modes) arrive as
+dicts and are encoded whole.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+from .._state import HostState
+from ..payload import Rejected, call_label, clean_activity, clean_category, clean_meta, clean_user, coerce_event_at
+from ..queue import frame, frame_json
+
+__all__ = ["Records"]
+
+
+#: Activity names whose encoded start is remembered (a product has tens; a bound all the same).
+MAX_NAMES = 1024
+
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _flat_encoder() -> Callable[[dict], str]:
+    """Encode a flat, clean dict (what ``clean_meta`` returns): the C encoder called directly
+    skips ``JSONEncoder.encode``'s Python layers, a third of the cost for a small dict."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    encoder = json.JSONEncoder(separators=(",", ":"))
+    if make is None:  # another Python implementation
+        return encoder.encode
+    chunks = make(None, encoder.default, _quote, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+class Records:
+    """Turns buffered items into queue lines for one agent's state."""
+
+    def __init__(self, state: HostState, client_properties: Callable[[], dict]) -> None:
+        self.state = state
+        self.client_properties = client_properties
+        self._encode = _flat_encoder()
+        self._shared: tuple = (None, None)  # (config, installation id) what follows is encoded for
+        self._start = ""  # the payload up to its activity_type
+        self._heads: dict = {}  # activity as given → the payload up to its event_id
+        self._tail_meta: dict = {}  # the meta keys the agent adds
+        self._tail = "{}"  # the same, encoded: the meta of a call without meta
+
+    def lines(self, items: list, installation_id: str | None) -> list:
+        """The framed lines of ``items`` that can be sent (the others are counted)."""
+        if self._shared[0] is not self.state.config or self._shared[1] != installation_id:
+            self._share(installation_id)
+        limit = self.state.config.max_event_bytes
+        lines = []
+        for item in items:
+            if type(item) is tuple:
+                try:
+                    line = self._raw(item)
+                except Exception as exc:  # the host's objects fought back (a __str__ or timestamp() raising)
+                    self._refuse(item[1], f"{type(exc).__name__} while reading its arguments")
+                    continue
+            else:
+                line = self._built(item, installation_id)
+            if line is None:
+                continue
+            if len(line) > limit:
+                self.state.counters.add("dropped.oversize")
+                continue
+            lines.append(line)
+        return lines
+
+    def _built(self, record: dict, installation_id: str | None) -> bytes:
+        meta = record["payload"].setdefault("meta", {})
+        if installation_id:
+            meta["installation_id"] = installation_id
+        if record.pop("props", False):
+            meta.update((k, v) for k, v in self.client_properties().items() if k not in meta)
+        return frame(record)
+
+    def _raw(self, raw: tuple) -> bytes | None:
+        _, activity, user_id, user_id_type, meta, event_at, category, now, event_id = raw
+        problems: list = []
+        head = self._heads.get(activity) if type(activity) is str else None
+        if head is None:
+            head = self._head_for(activity)
+            if head is None:
+                return None
+        if meta or category is not None:
+            extra = clean_meta(meta, problems) if meta else {}
+            if category is not None:
+                category = clean_category(category, problems)
+                if category:
+                    extra["category"] = category
+            extra.update(self._tail_meta)
+            encoded_meta = self._encode(extra)
+        else:
+            encoded_meta = self._tail
+        at = int(now) if event_at is None else coerce_event_at(event_at, now, problems)
+        if user_id is not None or user_id_type is not None:
+            user = clean_user(user_id, user_id_type, problems)
+            if user:
+                at = f'{at},"user_id":{_quote(user[0])},"user_id_type":"{user[1]}"'
+        if problems:
+            self._note(activity, problems)
+        return frame_json(f'{head}{event_id}","event_at":{at},"meta":{encoded_meta}}}}}'.encode())
+
+    def _head_for(self, activity: object) -> str | None:
+        """The record's start up to its ``event_id`` for an activity name not seen yet (or None:
+        the name is unusable, and the call is dropped)."""
+        problems: list = []
+        try:
+            name = clean_activity(activity, problems)
+        except Rejected as exc:
+            self._refuse(activity, str(exc))
+            return None
+        if problems:  # said once per name: the cleaned name is remembered
+            self._note(activity, problems)
+        head = f'{self._start}{_quote(name)},"event_id":"'
+        if len(self._heads) >= MAX_NAMES:
+            self._heads.clear()
+        self._heads[activity] = head
+        return head
+
+    def _share(self, installation_id: str | None) -> None:
+        """Encode what every record of this configuration shares: the payload's constant fields
+        up to ``activity_type``, and the meta keys the agent adds (they win over the host's)."""
+        config, state = self.state.config, self.state
+        fields = dict(state.static)
+        if config.domain:
+            fields["domain"] = config.domain
+        if config.ip_addr:
+            fields["ip_addr"] = config.ip_addr
+        shared = self._encode(fields)[1:-1]
+        self._start = '{"v":1,"kind":"usage","payload":{' + (shared + "," if shared else "") + '"activity_type":'
+        self._heads.clear()
+        self._tail_meta = dict(state.base_meta)
+        if installation_id:
+            self._tail_meta["installation_id"] = installation_id
+        self._tail = self._encode(self._tail_meta)
+        self._shared = (config, installation_id)
+
+    def _refuse(self, activity: object, why: str) -> None:
+        self.state.counters.add("dropped.invalid")
+        self.state.problems.append(f"{call_label(activity)} dropped: {why}")
+
+    def _note(self, activity: object, problems: list) -> None:
+        self.state.counters.add("coerced", len(problems))
+        self.state.problems.extend(f"{call_label(activity)}: {problem}" for problem in problems)
