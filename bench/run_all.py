@@ -23,6 +23,7 @@ import delivery
 import import_time
 import server_down
 import throughput
+import track_instructions
 import track_overhead
 
 
@@ -73,6 +74,9 @@ def main() -> None:
     rows += import_time.rows(r)
     results["overhead"] = r = track_overhead.run(sizes["events"])
     rows += track_overhead.rows(r)
+    results["instructions"] = r = track_instructions.run(kinds=("callhome", "callhome-count", "posthog", "segment")
+                                                         if not q else ("callhome",))
+    rows += track_instructions.rows(r)
     results["cli"] = r = cli_startup.run(sizes["cli_runs"])
     rows += cli_startup.rows(r)
     results["throughput"] = r = throughput.run(sizes["throughput"], peers=results["overhead"]["peers"])

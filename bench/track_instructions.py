@@ -2,7 +2,8 @@
 
 Instruction counts do not depend on the machine's load, unlike times. Each SDK runs twice
 under ``valgrind --tool=callgrind --separate-threads=yes`` (``_instr_host.py``): N1 and N2
-calls, the server down (a closed port) so that nothing is delivered. The main thread's totals
+calls (N1 = 2000, N2 = 20000 for callhome; 1000 and 6000 for the peers, whose queues hold
+10,000), the server down (a closed port) so that nothing is delivered. The main thread's totals
 of the two runs differ by the calls alone (start-up, imports and the worker's work are on
 other threads or the same in both), so instructions per call = difference / (N2 − N1). The
 loop around the call (``for i in range(n): call``) is included, as for every SDK.
@@ -13,7 +14,9 @@ loop around the call (``for i in range(n): call``) is included, as for every SDK
 - ``posthog``: ``capture("paced", distinct_id=..., properties={"seq": i})``;
   ``segment``: ``track("user-1", "paced", {"seq": i})``.
 
-    python bench/track_instructions.py [--calls 1000 6000] [--json PATH]
+Each callhome kind runs 3 times (the median is reported).
+
+    python bench/track_instructions.py [--calls 2000 20000] [--repeat 3] [--kind KIND] [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import _common as c
 GOAL_INSTRUCTIONS = 8000
 GOAL_RATIO = 20.0
 KINDS = ("callhome", "callhome-count", "callhome-refused", "posthog", "segment")
+#: The peers' queues hold 10,000 events; beyond, their calls take a cheaper path (the event is dropped).
+PEER_CALLS = (1000, 6000)
 
 
 def main_thread_instructions(out_dir: str) -> int:
@@ -58,18 +63,26 @@ def count(kind: str, calls: int) -> int:
         return main_thread_instructions(tmp)
 
 
-def run(calls: tuple = (1000, 6000), kinds: tuple = KINDS, say=print) -> dict:
+def run(calls: tuple = (2000, 20000), kinds: tuple = KINDS, repeat: int = 3, say=print) -> dict:
+    """callhome's kinds ``repeat`` times at ``calls`` (the median is reported: a garbage collection
+    of the whole heap, or not, makes rare outliers), the peers once at PEER_CALLS."""
     if shutil.which("valgrind") is None:
         say("valgrind is not installed: nothing measured")
         return {"skipped": "valgrind not installed"}
     peers = c.available_peers(say)
-    out: dict = {"calls": list(calls)}
+    out: dict = {"calls": list(calls), "peer_calls": list(PEER_CALLS)}
     for kind in kinds:
-        if kind in ("posthog", "segment") and kind not in peers:
+        is_peer = kind in ("posthog", "segment")
+        if is_peer and kind not in peers:
             continue
-        low, high = (count(kind, n) for n in calls)
-        out[kind] = {"totals": [low, high], "per_call": round((high - low) / (calls[1] - calls[0]))}
-        say(f"  {kind:18} {out[kind]['per_call']:>9,} instructions per call")
+        n1, n2 = PEER_CALLS if is_peer else calls
+        samples = []
+        for _ in range(1 if is_peer else repeat):
+            low, high = count(kind, n1), count(kind, n2)
+            samples.append({"totals": [low, high], "per_call": round((high - low) / (n2 - n1))})
+        out[kind] = dict(sorted(samples, key=lambda s: s["per_call"])[len(samples) // 2],
+                         runs=[s["per_call"] for s in samples])
+        say(f"  {kind:18} {out[kind]['per_call']:>9,} instructions per call (runs: {out[kind]['runs']})")
     ours = out.get("callhome", {}).get("per_call")
     for peer in ("posthog", "segment"):
         if peer in out and ours:
@@ -78,29 +91,40 @@ def run(calls: tuple = (1000, 6000), kinds: tuple = KINDS, say=print) -> dict:
 
 
 def rows(r: dict) -> list:
-    if "skipped" in r:
+    if "skipped" in r or "callhome" not in r:
         return []
-    peer = lambda name: r.get(name, {}).get("per_call")  # noqa: E731
-    return [("instructions per track() (callgrind, main thread)", r["callhome"]["per_call"], peer("posthog"),
-             peer("segment"))]
+    ours = r["callhome"]["per_call"]
+    peer = lambda name: f"{r[name]['per_call']:,}" if name in r else "n/a"  # noqa: E731
+    ratio = lambda name: c.fmt_ratio(r[name].get("ratio")) if name in r else "n/a"  # noqa: E731
+    out = [c.Row("instructions per `track()` on the host thread (callgrind)", f"{ours:,}", peer("posthog"),
+                 peer("segment"), f"{ratio('posthog')} / {ratio('segment')}", f"<= {GOAL_INSTRUCTIONS:,}",
+                 ours <= GOAL_INSTRUCTIONS)]
+    for kind, what in (("callhome-count", "`count()`"), ("callhome-refused", "a refused `track()` (opted out)")):
+        if kind in r:
+            out.append(c.Row(f"instructions per {what} (callgrind)", f"{r[kind]['per_call']:,}", "", "", "",
+                             "(info)", None))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, nargs=2, default=(1000, 6000), metavar=("N1", "N2"))
+    parser.add_argument("--calls", type=int, nargs=2, default=(2000, 20000), metavar=("N1", "N2"),
+                        help="callhome's two loop sizes (the peers': 1000 and 6000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each callhome kind (median reported)")
     parser.add_argument("--kind", action="append", choices=KINDS, help="only these (default: all)")
     parser.add_argument("--json", metavar="PATH", help="save the raw results as JSON")
     args = parser.parse_args()
     c.banner(f"instructions per call on the host's thread (callgrind; {args.calls[0]} vs {args.calls[1]} calls)")
     print(f"code measured: {c.source_state()}")
-    r = run(tuple(args.calls), tuple(args.kind or KINDS))
+    r = run(tuple(args.calls), tuple(args.kind or KINDS), args.repeat)
     if "callhome" in r:
         ours = r["callhome"]["per_call"]
         verdict = "met" if ours <= GOAL_INSTRUCTIONS else "NOT met"
         print(f"track(): {ours:,} instructions (goal <= {GOAL_INSTRUCTIONS:,}: {verdict})")
         for peer in ("posthog", "segment"):
             if peer in r:
-                print(f"  {peer}: {r[peer]['per_call']:,} ({r[peer]['ratio']}x callhome; goal >= {GOAL_RATIO:g}x for posthog)")
+                goal = f"; goal >= {GOAL_RATIO:g}x" if peer == "posthog" else ""
+                print(f"  {peer}: {r[peer]['per_call']:,} ({r[peer]['ratio']}x callhome{goal})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)

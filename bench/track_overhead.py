@@ -15,6 +15,9 @@ start-up; and once sized like the peers, whose harness sets ``max_queue_size=N+1
 one event per request (Reo's ``{"payload": ...}``); the peers send batches of 100.
 
     python bench/track_overhead.py [--events 20000] [--repeat 3] [--no-warm] [--no-sized]
+
+Goals (issue "The host path at the floor"): mean <= 5 µs, >= 20x below PostHog's, p99.9 <= 50 µs
+(the peers' shared harness reports no p99.9).
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import time
 
 import _common as c
 
-GOAL_US = 10.0
-GOAL_RATIO = 10.0
+GOAL_US = 5.0
+GOAL_RATIO = 20.0
+GOAL_P999_US = 50.0
 
 
 # -- the measured process -----------------------------------------------------------------------
@@ -69,7 +73,7 @@ def child(n: int, kind: str, url: str, state: str, sized: bool, warm: bool = Fal
     lat.sort()
     print(json.dumps({
         "sdk": "callhome", "n": n, "sized": sized, "warm": warm, "mean_us": round((t1 - t0) / n * 1e6, 2),
-        "p50_us": lat[n // 2] / 1000, "p99_us": lat[int(n * .99)] / 1000,
+        "p50_us": lat[n // 2] / 1000, "p99_us": lat[int(n * .99)] / 1000, "p999_us": lat[int(n * .999)] / 1000,
         "track_s": round(t1 - t0, 3), "flush_ok": flushed, "flush_s": round(t_flush - t1, 3),
         "deliver_s": round(t2 - t0, 3), "accepted": status["accepted"], "delivered": status["delivered"],
         "arrived": arrived, "dropped": status["dropped"], "dropped_total": status["dropped_total"],
@@ -165,6 +169,8 @@ def report(r: dict) -> None:
     mean = d["mean_us"]
     verdict = "met" if mean <= GOAL_US else f"MISSED ({mean:.1f} µs, {mean / GOAL_US:.1f}x the goal)"
     print(f"  goal: mean <= {GOAL_US:.0f} µs: {verdict}")
+    p999 = d["p999_us"]
+    print(f"  goal: p99.9 <= {GOAL_P999_US:.0f} µs: {p999:.1f} µs ({'met' if p999 <= GOAL_P999_US else 'MISSED'})")
     if "posthog" in peers:
         x = c.ratio(peers["posthog"]["mean_us"], mean)
         print(f"  goal: >= {GOAL_RATIO:.0f}x lower than PostHog's capture(): {x:.1f}x lower "
@@ -196,6 +202,8 @@ def rows(r: dict) -> list:
         c.Row(f"`track()` host-thread mean µs/call ({n:,} calls, delivering)", c.fmt(d["mean_us"]),
               peer(ph, "mean_us"), peer(sg, "mean_us"), ratios("mean_us"), f"<= {GOAL_US:.0f} µs",
               d["mean_us"] <= GOAL_US),
+        c.Row("`track()` p99.9 µs", c.fmt(d["p999_us"]), "n/a", "n/a", "", f"<= {GOAL_P999_US:.0f} µs",
+              d["p999_us"] <= GOAL_P999_US),
         c.Row("`track()` p50 / p99 µs", f"{d['p50_us']:.1f} / {d['p99_us']:.1f}",
               f"{ph['p50_us']:.1f} / {ph['p99_us']:.1f}" if ph else "n/a",
               f"{sg['p50_us']:.1f} / {sg['p99_us']:.1f}" if sg else "n/a", "", "(info)", None),

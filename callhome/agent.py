@@ -150,7 +150,7 @@ class Agent:
         """
         if self._raw:
             buffer = self._buffer
-            if buffer.bytes >= buffer.limit:
+            if buffer.bytes >= buffer.limit and buffer.full():
                 self.state.counters.add("dropped.buffer_full")
                 return None
             weight = RAW_WEIGHT

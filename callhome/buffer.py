@@ -35,18 +35,17 @@ class Buffer:
     is not interrupted by a signal handler), and a call starts with its weight, an ``int``, so
     the worker tells the two apart.
 
-    Bounded by weight: each call weighs an estimate of the memory it holds (at least
-    ``RAW_WEIGHT``), a built record ``RECORD_WEIGHT``; the buffer refuses new entries once the
-    total reaches ``min(max_bytes, maxlen * RAW_WEIGHT)``, so it never holds more than ``maxlen``
-    calls nor ``max_bytes``. ``extend``, ``append`` and ``popleft`` are atomic, so the host never
-    waits for a lock here; the total is kept without one too: a lost update (two host threads
-    adding at once) is forgotten when the worker next empties the buffer.
+    Bounded in calls (``maxlen``) and in weight (``max_bytes``): each call weighs an estimate
+    of the memory it holds (at least ``RAW_WEIGHT``), a built record ``RECORD_WEIGHT``. Below
+    ``limit`` (the weight of ``maxlen`` of the lightest calls) neither bound can be reached, so
+    ``track()`` compares one number and calls :meth:`full` only beyond it. ``extend``,
+    ``append`` and ``popleft`` are atomic, so the host never waits for a lock here; the weight
+    is kept without one too: a lost update (two host threads adding at once) is forgotten when
+    the worker next empties the buffer.
     """
 
     def __init__(self, maxlen: int, max_bytes: int = 16 << 20) -> None:
-        self.maxlen, self.max_bytes = maxlen, max_bytes
-        #: what ``track()`` compares ``bytes`` with (``resize`` keeps it in step)
-        self.limit = min(max_bytes, maxlen * RAW_WEIGHT)
+        self.resize(maxlen, max_bytes)
         #: the weight held (``track()`` adds to it inline, the worker's drain takes away)
         self.bytes = 0
         self.items: deque = deque()
@@ -58,12 +57,17 @@ class Buffer:
         self._taking = _thread.allocate_lock()
 
     def resize(self, maxlen: int, max_bytes: int) -> None:
-        self.maxlen, self.max_bytes = maxlen, max_bytes
+        self.maxlen, self.max_bytes, self.max_items = maxlen, max_bytes, maxlen * RAW_FIELDS
+        #: what ``track()`` compares ``bytes`` with first
         self.limit = min(max_bytes, maxlen * RAW_WEIGHT)
+
+    def full(self) -> bool:
+        """Either bound reached (a built record counts as a ninth of a call)."""
+        return len(self.items) >= self.max_items or self.bytes >= self.max_bytes
 
     def put(self, record: dict, weight: int = RECORD_WEIGHT) -> bool:
         """Add a record the host side built."""
-        if self.bytes >= self.limit:
+        if self.full():
             return False
         self.items.append(record)
         self.bytes += weight

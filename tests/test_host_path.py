@@ -126,6 +126,17 @@ def test_the_buffer_is_bounded_in_bytes_and_refuses_with_a_count(make_agent, col
     assert len(payloads(collector)) == taken + 1
 
 
+def test_max_buffer_holds_that_many_calls_with_a_small_meta(make_agent):
+    agent = make_agent(max_buffer=100)
+    agent.track("warm")
+    assert agent.flush(10)
+    with agent.state.persist_lock:  # the worker cannot take what is buffered meanwhile
+        ids = [agent.track("export", meta={"seq": i, "name": "x" * 50, "ok": True}) for i in range(150)]
+        assert sum(1 for event_id in ids if event_id) == 100
+        assert agent.status()["dropped"] == {"buffer_full": 50}
+    assert agent.flush(10)
+
+
 def test_a_burst_of_20000_calls_drops_nothing_with_the_default_bounds(state_dir, tmp_path):
     """The worker may not run at all during a burst (it persists every 50 ms): the default
     bounds hold the whole burst. Nothing is delivered (the endpoint refuses connections)."""
