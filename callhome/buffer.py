@@ -75,15 +75,11 @@ class Buffer:
 
     def drain(self) -> list:
         """Everything buffered, oldest first: records (dicts) and raw calls (tuples of RAW_FIELDS)."""
-        flat: list = []
         popleft = self.items.popleft
         with self._taking:
-            try:
-                while True:
-                    flat.append(popleft())
-            except IndexError:
-                pass
-            taken = _entries(flat)
+            # as many as there are now: whole calls (each added by one atomic extend); what the
+            # host adds meanwhile waits for the next drain (drains take turns: the lock)
+            taken = _entries([popleft() for _ in range(len(self.items))])
             self.taken += sum(type(entry) is tuple for entry in taken)
         # emptied: start the count afresh rather than subtract (a lost update must not last)
         self.bytes = 0 if not self.items else max(self.bytes - sum(map(weight_of, taken)), 0)

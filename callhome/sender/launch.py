@@ -95,11 +95,11 @@ class Launcher:
         if self.fallback:
             self._ensure_thread()
             return
+        moment = time.monotonic()
+        if not (now or force) and moment - self._probed_at < PROBE_EVERY:
+            return  # looked less than PROBE_EVERY ago: the worker calls this every 50 ms
+        self._probed_at = moment
         if not self._child_alive():
-            moment = time.monotonic()
-            if not (now or force) and moment - self._probed_at < PROBE_EVERY:
-                return
-            self._probed_at = moment
             if not is_held(self.queue.lock_path(LOCK_NAME)):
                 if force or time.time() >= paused_until(self.queue, self.config):
                     self._spawn()  # (a sender started during a backoff would only wait, then exit idle)
