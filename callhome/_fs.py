@@ -24,9 +24,9 @@ def product_dir(product_id: str, root: str | None = None) -> str:
     """``<root>/<product>``: one directory per product so two vendors never share state."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", product_id)[:48].strip("._") or "product"
     if slug != product_id:
-        import hashlib  # only for ids that are not already a clean name
+        from ._digest import sha256  # only for ids that are not already a clean name
 
-        slug += "-" + hashlib.sha256(product_id.encode()).hexdigest()[:8]
+        slug += "-" + sha256(product_id.encode()).hexdigest()[:8]
     return os.path.join(root or default_root(), slug)
 
 

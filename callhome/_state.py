@@ -6,13 +6,16 @@ The host's thread writes these fields (``track()`` appends to ``buffer``, ``coun
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Callable, NamedTuple
+import _thread  # not threading, nor typing: each costs a host's import milliseconds
 
 from .buffer import Buffer, Counters, Waker, deque
 from .config import Config
 from .optout import Decision
 from .sessions import Sessions
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, as mypy reads it, without importing typing
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["HostPort", "HostState"]
 
@@ -39,19 +42,24 @@ class HostState:
         self.ephemeral_id = False
         self.waker: Waker | None = None
         #: held while records taken from the buffer are being written: exit waits for it
-        self.persist_lock = threading.Lock()
+        self.persist_lock = _thread.allocate_lock()
         #: the host's latest mistakes, for ``status()`` (the worker adds what it finds in raw calls)
         self.problems: deque = deque(maxlen=20)
 
 
-class HostPort(NamedTuple):
+class HostPort:
     """The only calls the worker makes into the host side."""
 
-    #: queue the automatic CALL_HOME
-    queue_call_home: Callable[[dict], object]
-    #: queue the record of a session that ended (a crashed process's, recovered)
-    accept_session: Callable[[str, str, float, float, str], None]
-    #: the saved choices turned telemetry off: keep nothing
-    refuse: Callable[[Decision], None]
-    #: client properties given the detected ones (the host's custom properties and license)
-    client_properties: Callable[[dict], dict]
+    __slots__ = ("queue_call_home", "accept_session", "refuse", "client_properties")
+
+    def __init__(self, queue_call_home: Callable[[dict], object],
+                 accept_session: Callable[[str, str, float, float, str], None],
+                 refuse: Callable[[Decision], None], client_properties: Callable[[dict], dict]) -> None:
+        #: queue the automatic CALL_HOME
+        self.queue_call_home = queue_call_home
+        #: queue the record of a session that ended (a crashed process's, recovered)
+        self.accept_session = accept_session
+        #: the saved choices turned telemetry off: keep nothing
+        self.refuse = refuse
+        #: client properties given the detected ones (the host's custom properties and license)
+        self.client_properties = client_properties

@@ -12,7 +12,7 @@ import os
 import sys
 import _thread  # get_ident without threading, which init() imports when it needs it
 import time
-import weakref
+from _weakref import ref as _weak_ref  # the C type: the weakref module costs a host ~1 ms to import
 
 from ._version import __version__
 from ._state import HostPort, HostState
@@ -241,7 +241,10 @@ class Agent:
             self.state.counters.add("dropped.invalid")
             return False
         if meta is not None:
-            self.state.count_meta[name] = clean_meta(meta, problems)
+            if name in self.state.count_meta or len(self.state.count_meta) < MAX_COUNTED:
+                self.state.count_meta[name] = clean_meta(meta, problems)
+            else:  # bounded: a window sends at most 100 activities anyway
+                problems.append(f"count meta of more than {MAX_COUNTED} activities is not kept; {name!r} counted without it")
         if problems:
             self._note(problems)
         if config.debug or not self.state.decision.enabled:
@@ -708,7 +711,7 @@ def _finalize_at_exit(agent: Agent) -> None:
 
 
 _now, _ident, _take_id = time.time, _thread.get_ident, ready_ids.popleft
-#: Activity names whose cleaned form ``count()`` remembers (a product has tens; a bound all the same).
+#: Activity names whose cleaned form (and whose meta) ``count()`` keeps: a product has tens; a bound all the same.
 MAX_COUNTED = 1024
 #: Per meta key: the copy's entry, and a key or number the record keeps alive.
 KEY_WEIGHT = 80
@@ -716,7 +719,7 @@ KEY_WEIGHT = 80
 
 def _weak_call(obj: object, name: str):
     """A callback that does nothing once ``obj`` is gone (exit and fork hooks must not keep it alive)."""
-    ref = weakref.ref(obj)
+    ref = _weak_ref(obj)
 
     def call() -> None:
         target = ref()

@@ -501,11 +501,22 @@ def aggregate_event_id(installation_id: str | None, activity: str, window_start:
     per-process value does (stable within the process only).
     """
     import json
-    import uuid
 
     machine = installation_id or (f"salt:{salt}" if salt else f"process:{_process_salt()}")
     name = json.dumps([machine, activity, int(window_start), _whole_seconds(interval)])
-    return str(uuid.uuid5(uuid.UUID(_NAMESPACE), name))
+    return uuid5(_NAMESPACE, name)
+
+
+def uuid5(namespace: str, name: str) -> str:
+    """``str(uuid.uuid5(UUID(namespace), name))`` without importing ``uuid`` (which imports
+    ``platform``): milliseconds a short-lived host would wait for."""
+    from ._digest import sha1
+
+    raw = bytearray(sha1(bytes.fromhex(namespace.replace("-", "")) + name.encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _PROCESS_SALTS: dict = {}  # by pid: a forked child must not share its parent's

@@ -24,7 +24,6 @@ import json
 import os
 import time
 import zlib
-from typing import Iterator, NamedTuple
 
 from ._fs import atomic_write, ensure_private_dir, pid_alive, read_json, unlink_quietly, write_json
 
@@ -46,25 +45,30 @@ _OPEN = ".open"
 _MAX_FILE = 16 * 1024 * 1024
 
 
-class Entry(NamedTuple):
-    """A ready batch, as its file name describes it."""
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: the worker of a short run waits for it
+if TYPE_CHECKING:
+    
+    class Entry(NamedTuple):
+        name: str
+        not_before: float
+        created: float
+        attempt: int
+        done: int
+        count: int
+        size: int
+        batch: str
 
-    name: str
-    not_before: float
-    created: float
-    attempt: int
-    done: int
-    count: int
-    size: int
-    batch: str
+    class Claim(NamedTuple):
+        entry: Entry
+        name: str
+        mode: str
+else:
+    from collections import namedtuple
 
-
-class Claim(NamedTuple):
-    """A batch this process renamed into ``inflight/``; only it may ack or release it."""
-
-    entry: Entry
-    name: str
-    mode: str
+    #: A ready batch, as its file name describes it.
+    Entry = namedtuple("Entry", "name not_before created attempt done count size batch")
+    #: A batch this process renamed into ``inflight/``; only it may ack or release it.
+    Claim = namedtuple("Claim", "entry name mode")
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(..., separators) builds one per call

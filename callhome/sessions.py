@@ -92,9 +92,9 @@ def session_meta(session_id: str, kind: str, start: float, end: float, closed_by
 
 def session_event_id(product_id: str, session_id: str, start: float) -> str:
     """The same id whichever process closes the session, so a recovery that ran twice is one record."""
-    import hashlib
+    from ._digest import sha256
 
-    digest = bytearray(hashlib.sha256(f"{product_id}\0{session_id}\0{start!r}".encode()).digest()[:16])
+    digest = bytearray(sha256(f"{product_id}\0{session_id}\0{start!r}".encode()).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # shaped as a uuid (version 5-like), as event ids are
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()

@@ -193,6 +193,16 @@ def test_count_remembers_a_cleaned_name_and_reports_its_problem_once(make_agent)
     assert agent.status()["coerced"] == 1
 
 
+def test_count_meta_is_kept_for_a_bounded_number_of_activities(make_agent):
+    from callhome.agent import MAX_COUNTED
+
+    agent = make_agent()
+    for i in range(MAX_COUNTED + 50):
+        agent.count(f"activity-{i}", meta={"blob": "x" * 100})
+    assert len(agent.state.count_meta) == MAX_COUNTED
+    assert any("is not kept" in problem for problem in agent.status()["problems"])
+
+
 # -- the module functions --------------------------------------------------------------------------
 
 def test_the_module_functions_are_the_default_agent_once_initialised(collector, state_dir):

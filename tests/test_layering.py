@@ -21,7 +21,7 @@ import callhome
 
 PACKAGE_DIR = Path(callhome.__file__).parent
 PURE = {"callhome.config", "callhome.optout", "callhome.payload", "callhome.schema", "callhome.backoff",
-        "callhome.buffer", "callhome.sessions"}
+        "callhome.buffer", "callhome.sessions", "callhome._digest"}
 CONSTANTS = {"callhome._version"}
 #: What the host hands the worker; host side, built from the pure modules only.
 HOST_STATE = {"callhome._state"}
@@ -94,8 +94,14 @@ def closure(module: str, eager_only: bool = False, parents: bool = False) -> set
     return seen
 
 
+#: Standard modules of other supported Pythons than this one (``_sha2``: CPython 3.12+).
+OTHER_VERSIONS_STDLIB = {"_sha2", "_sha1", "_sha256"}
+
+
 def is_stdlib(name: str) -> bool:
     top = name.split(".")[0]
+    if top in OTHER_VERSIONS_STDLIB:
+        return True
     if hasattr(sys, "stdlib_module_names"):  # Python 3.10+
         return top in sys.stdlib_module_names
     if top in sys.builtin_module_names:

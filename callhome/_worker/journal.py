@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable
 
 from .._fs import ensure_private_dir, pid_alive, read_json, unlink_quietly, write_json
 from .._state import HostState
 
 __all__ = ["SessionJournal", "recover", "remove_journal", "write_journal"]
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
+if TYPE_CHECKING:
+    from typing import Callable
 
 _JOURNAL_DIR = "sessions"
 _CLAIMED = ".closing"

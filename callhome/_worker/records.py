@@ -12,13 +12,16 @@ dicts and are encoded whole.
 from __future__ import annotations
 
 import json
-from typing import Callable
 
 from .._state import HostState
 from ..payload import Rejected, call_label, clean_activity, clean_category, clean_meta, clean_user, coerce_event_at
 from ..queue import frame, frame_json
 
 __all__ = ["Records"]
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 #: Activity names whose encoded start is remembered (a product has tens; a bound all the same).

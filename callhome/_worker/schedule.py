@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 from .._lock import FileLock
 from .._log import logger
@@ -11,6 +10,10 @@ from .._state import HostState
 from .storage import Storage
 
 __all__ = ["CallHomeSchedule"]
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 class CallHomeSchedule:

@@ -9,7 +9,6 @@ published for the sender when it is full, ``PUBLISH_AFTER`` old, or asked for (f
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 from .. import properties
 from .._state import HostState
@@ -17,6 +16,10 @@ from .records import Records
 from .storage import Storage
 
 __all__ = ["Spool"]
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
+if TYPE_CHECKING:
+    from typing import Callable
 
 #: The queue's depth is listed again at most this often (a listing per persist would cost more
 #: than the write itself); puts in between are added to the last count.

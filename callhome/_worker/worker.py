@@ -10,7 +10,6 @@ as the queue holds work. Everything it needs is imported before the host may for
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 
@@ -55,7 +54,7 @@ def preload(config: Config) -> None:
     import json  # noqa: F401
     import locale  # noqa: F401  (client properties)
     import select  # noqa: F401  (the waker)
-    import uuid  # noqa: F401  (aggregate ids)
+    from .. import _digest  # noqa: F401  (aggregate ids, the product directory's name)
 
     from .._fs import atomic_write, ensure_private_dir  # noqa: F401
     from ..payload import platform_triple  # noqa: F401
@@ -66,13 +65,9 @@ def preload(config: Config) -> None:
         from ..sender import loop, transport  # noqa: F401  (the thread sender's delivery stack)
 
         transport.preload(config.endpoint)
-    if config.license_secret or not _clean_name(config.product_id):
-        import hashlib  # noqa: F401  (license HMAC, the product directory's name)
+    if config.license_secret:
+        import hashlib  # noqa: F401  (the license key's HMAC)
         import hmac  # noqa: F401
-
-
-def _clean_name(product_id: str) -> bool:
-    return product_id.replace("-", "").replace("_", "").replace(".", "").isalnum() and product_id.isascii()
 
 
 class Worker:
@@ -251,7 +246,7 @@ class Worker:
     def _interval(self) -> float:
         # jittered so that a fleet started together does not call home in lockstep
         config = self.state.config
-        wait = config.flush_interval * random.uniform(0.8, 1.2)
+        wait = config.flush_interval * (0.8 + 0.4 * int.from_bytes(os.urandom(2), "big") / 65535)
         if self.journal.active:
             wait = min(wait, config.heartbeat_interval)
         if self.state.counter is not None:

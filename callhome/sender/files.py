@@ -74,9 +74,9 @@ def fingerprint(config: Config) -> str:
 
 def key_hash(api_key: str | None) -> str:
     """How ``auth.json`` names the key it paused for (never the key itself)."""
-    import hashlib  # only when an auth pause is on disk, or in the sender
+    from .._digest import sha256  # only when an auth pause is on disk, or in the sender
 
-    return hashlib.sha256((api_key or "").encode()).hexdigest()[:16]
+    return sha256((api_key or "").encode()).hexdigest()[:16]
 
 
 def paused_until(queue, config: Config) -> float:

@@ -14,7 +14,6 @@ import os
 import sys
 import threading
 import time
-from typing import Any
 
 from .._lock import is_held
 from .._log import logger
@@ -24,6 +23,10 @@ from ..config import Config
 from .files import LOCK_NAME, fingerprint, package_dir, paused_until, read_status, request_retirement
 
 __all__ = ["Launcher", "spawn_problem"]
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: A sender not seen alive is looked for again at most this often (a ``flock`` probe).
 PROBE_EVERY = 0.5
