@@ -105,8 +105,11 @@ def test_process_and_explicit_sessions_of_a_host(collector, state_dir, make_agen
     assert 0.7 <= meta["duration"] < runtime, (meta["duration"], runtime)
     end = report["began"] + meta["duration"]
     assert started <= end <= time.time()
-    assert meta["session_start"] == int(report["began"]) and meta["session_end"] == process["event_at"]
-    assert meta["session_end"] in (int(end), int(end) + 1)
+    assert meta["session_start"] in (int(report["began"]) - 1, int(report["began"]))
+    assert meta["session_end"] == process["event_at"]
+    # the session began inside init(), ``began`` once it returned (milliseconds later, under load
+    # across a second's boundary): the end computed from it is late by as much
+    assert meta["session_end"] in (int(end) - 1, int(end), int(end) + 1)
 
     build, deploy = sessions["build-000001"], sessions["deploy-000002"]
     for record, least in ((build, 0.3), (deploy, 0.2)):
