@@ -9,14 +9,14 @@ from __future__ import annotations
 __all__ = ["sha1", "sha256"]
 
 try:
-    from _sha1 import sha1
+    from _sha1 import sha1  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # another Python implementation
     from hashlib import sha1
 
 try:
-    from _sha256 import sha256  # CPython <= 3.11
+    from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]  # CPython <= 3.11
 except ImportError:
     try:
-        from _sha2 import sha256  # CPython 3.12+
+        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]  # CPython 3.12+
     except ImportError:
         from hashlib import sha256

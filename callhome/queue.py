@@ -47,7 +47,8 @@ _MAX_FILE = 16 * 1024 * 1024
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: the worker of a short run waits for it
 if TYPE_CHECKING:
-    
+    from typing import Iterator, NamedTuple
+
     class Entry(NamedTuple):
         name: str
         not_before: float

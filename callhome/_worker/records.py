@@ -104,13 +104,14 @@ class Records:
         else:
             encoded_meta = self._tail
         at = int(now) if event_at is None else coerce_event_at(event_at, now, problems)
+        who = ""
         if user_id is not None or user_id_type is not None:
             user = clean_user(user_id, user_id_type, problems)
             if user:
-                at = f'{at},"user_id":{_quote(user[0])},"user_id_type":"{user[1]}"'
+                who = f',"user_id":{_quote(user[0])},"user_id_type":"{user[1]}"'
         if problems:
             self._note(activity, problems)
-        return frame_json(f'{head}{event_id}","event_at":{at},"meta":{encoded_meta}}}}}'.encode())
+        return frame_json(f'{head}{event_id}","event_at":{at}{who},"meta":{encoded_meta}}}}}'.encode())
 
     def _head_for(self, activity: object) -> str | None:
         """The record's start up to its ``event_id`` for an activity name not seen yet (or None:
