@@ -293,12 +293,18 @@ class DiskQueue:
         """(records, bytes) waiting in ``ready/`` and ``inflight/``, from names alone, and in this
         process's open batch."""
         events, size = (self._open[2], self._open[3]) if self._open else (0, 0)
-        for sub in ("ready", "inflight"):
+        # A batch can move while the directories are listed: claimed (ready → inflight) or
+        # released and recovered (inflight → ready). Listing ready/ again after inflight/ sees
+        # it either way; each batch counts once (its id stays in its name).
+        batches = {}
+        for sub in ("ready", "inflight", "ready"):
             for name in self._names(sub):
                 entry = parse_entry(name.split(".chq")[0] + ".chq")
                 if entry is not None:
-                    events += entry.count - entry.done
-                    size += entry.size
+                    batches[entry.batch] = entry
+        for entry in batches.values():
+            events += entry.count - entry.done
+            size += entry.size
         return events, size
 
     def peek(self, limit: int) -> list:

@@ -147,6 +147,35 @@ def test_depth_comes_from_names_and_counts_claims(queue):
     assert queue.depth()[0] == 11
 
 
+def test_depth_sees_a_batch_that_moves_between_ready_and_inflight_while_it_lists(disk):
+    """A claim (ready → inflight) or a release (inflight → ready) during the listing must not make
+    the batch vanish from the depth: a flush that read 0 would return before it was sent."""
+    import threading
+
+    disk.put(lines(3), NOW)
+    [name] = listing(disk, "ready")
+    ready, inflight = (os.path.join(disk.dir, sub, name) for sub in ("ready", "inflight"))
+    stop, seen = threading.Event(), set()
+
+    def move():  # one move at a time, as a claim or a release makes (not two within one listing)
+        while not stop.is_set():
+            os.rename(ready, inflight)
+            time.sleep(0.002)
+            os.rename(inflight, ready)
+            time.sleep(0.002)
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            seen.add(disk.depth()[0])
+    finally:
+        stop.set()
+        mover.join()
+    assert seen == {3}
+
+
 def test_depth_ignores_file_contents(disk):
     disk.put(lines(3), NOW)
     [name] = listing(disk, "ready")
