@@ -92,6 +92,7 @@ class Worker:
         self._flushing = 0  # flush() calls waiting for the queue to empty
         self._checked_at = -CHECK_EVERY
         self._decided: tuple = ()
+        self._flush_stamp: int | None = None  # the stamp of this process's latest flush request
 
     # -- called from the host's threads ------------------------------------------------------
     def flush(self, timeout: float) -> bool:
@@ -145,8 +146,10 @@ class Worker:
             return True
         updated = snapshot.get("updated") or 0
         kind = snapshot["state"].split(":")[0]
-        # a sender with another run's settings is about to make way: its answer is not ours
-        return snapshot["our_settings"] and updated >= asked and kind in _STUCK
+        # a sender with another run's settings is about to make way: its answer is not ours; nor
+        # is a state published before it ran the forced cycle our request asked for
+        answered = self._flush_stamp is None or (snapshot.get("answered") or 0) >= self._flush_stamp
+        return snapshot["our_settings"] and updated >= asked and answered and kind in _STUCK
 
     def stop(self, timeout: float, exiting: bool = False) -> None:
         """Save what this process holds (local disk only), make sure a sender will deliver it,
@@ -278,7 +281,7 @@ class Worker:
         if forced or self.aggregates.due():
             self.aggregates.tick()  # also windows that other processes left to send
         if forced and self.storage.queue.dir:
-            request_flush(self.storage.queue.dir)
+            self._flush_stamp = request_flush(self.storage.queue.dir)
         if forced or moved:
             self.spool.refresh_depth(force=forced)
         if self.spool.depth[0] or forced:

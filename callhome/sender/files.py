@@ -16,7 +16,7 @@ import os
 import time
 import zlib
 
-from .._fs import read_json, write_json
+from .._fs import mtime_ns, read_json, write_json
 from ..config import Config
 
 __all__ = ["FLUSH_FILE", "LOCK_NAME", "RETIRE_FILE", "STATUS_FILE", "fingerprint", "key_hash", "number",
@@ -42,9 +42,12 @@ def read_status(queue_dir: str) -> dict:
     return read_json(state_path(queue_dir, STATUS_FILE))
 
 
-def request_flush(queue_dir: str) -> None:
-    """Ask the product's sender for a forced cycle (one that ignores the shared backoff)."""
-    _write(state_path(queue_dir, FLUSH_FILE), {"at": time.time(), "pid": os.getpid()})
+def request_flush(queue_dir: str) -> int | None:
+    """Ask the product's sender for a forced cycle (one that ignores the shared backoff); the
+    request's stamp (``flush.json``'s mtime_ns), which the sender's status names once answered."""
+    path = state_path(queue_dir, FLUSH_FILE)
+    _write(path, {"at": time.time(), "pid": os.getpid()})
+    return mtime_ns(path)
 
 
 def request_retirement(queue_dir: str, settings: str, started: float, why: str) -> None:

@@ -292,14 +292,15 @@ class Launcher:
                     "sent": self.counters.get("delivered"), "state": loop.sender.state if loop else "idle",
                     "last_error": loop.last_error if loop else None,
                     "last_send": loop.sender.last_send if loop else None, "updated": loop.updated if loop else 0.0,
-                    "our_settings": True, "resources": None}
+                    "answered": loop.answered if loop else None, "our_settings": True, "resources": None}
         status = self._status
         running = status.get("ended") is None and bool(status.get("alive"))
         return {"mode": "process", "why": None, "running": running, "pid": status.get("pid") if running else None,
                 "since": status.get("started") if running else None,
                 "sent": status.get("counts", {}).get("delivered", 0), "state": status.get("state", "idle"),
                 "last_error": status.get("last_error"), "last_send": status.get("last_send"),
-                "updated": status.get("updated", 0.0), "our_settings": status.get("config") == self._fingerprint,
+                "updated": status.get("updated", 0.0), "answered": status.get("answered"),
+                "our_settings": status.get("config") == self._fingerprint,
                 "resources": status.get("resources")}
 
 

@@ -64,6 +64,8 @@ class SenderLoop:
         requested = mtime_ns(self._state_path(FLUSH_FILE))
         recent = requested is not None and time.time() - requested / 1e9 < RECENT_FLUSH
         self._forced_stamp = None if recent else requested
+        #: the stamp of the flush request the last forced cycle answered (a flush trusts only an answer to its own)
+        self.answered: int | None = None
         self._retire_stamp = mtime_ns(self._state_path(RETIRE_FILE))
         self.fingerprint = fingerprint(config)
         self.last_error: dict | None = None
@@ -154,7 +156,7 @@ class SenderLoop:
     def _forced(self) -> bool:
         stamp = mtime_ns(self._state_path(FLUSH_FILE))
         if stamp != self._forced_stamp:
-            self._forced_stamp = stamp
+            self._forced_stamp = self.answered = stamp
             return True
         return False
 
@@ -182,6 +184,7 @@ class SenderLoop:
         status = {"pid": os.getpid(), "mode": self.mode, "started": self.started, "updated": self.updated,
                   "resources": _resources() if self.mode == "process" else None,
                   "state": self.sender.state, "ended": self.ended, "config": self.fingerprint, "counts": self.counters.snapshot(),
+                  "answered": self.answered,
                   "last_send": last, "last_error": self.last_error}
         try:
             write_json(self._state_path(STATUS_FILE), status)
