@@ -93,5 +93,5 @@ def _show_status(status: dict) -> None:
 def _show_event(payload: dict) -> None:
     meta = {k: v for k, v in (payload.get("meta") or {}).items() if k != "installation_id"}
     user = f" user={payload['user_id']}({payload['user_id_type']})" if payload.get("user_id") else ""
-    print(f"    {payload['activity_type']:<11} event_id={payload['event_id'][:8]}… "
+    print(f"    {payload['activity_type']:<11} event_id=…{payload['event_id'][-12:]} "
           f"event_at={payload['event_at']} domain={payload.get('domain')}{user} meta={json.dumps(meta)}")
