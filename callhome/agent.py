@@ -16,7 +16,7 @@ from _weakref import ref as _weak_ref  # the C type: the weakref module costs a 
 
 from ._version import __version__
 from ._state import HostPort, HostState
-from .buffer import OWN_THREADS, RAW_WEIGHT, RECORD_WEIGHT, Buffer, Counters, Waker
+from .buffer import KEY_WEIGHT, OWN_THREADS, RAW_WEIGHT, RECORD_WEIGHT, Buffer, Counters, Waker
 from .config import Config, resolve
 from .optout import Decision, decide
 from .payload import (Rejected, call_label, clean_activity, clean_category, clean_meta, clean_user, coerce_event_at,
@@ -210,14 +210,10 @@ class Agent:
         process sends for ``activity``: use it for properties that do not change per call.
         :return: True when counted.
         """
-        counter = self.state.counter
-        if self._raw and counter is not None and meta is None and type(activity) is str and type(n) is int:
+        if self._raw and meta is None and type(activity) is str and type(n) is int:
             name = self._counted.get(activity)  # seen and cleaned before: only the sum is left to do
             if name is not None and 0 < n < 1 << 53 and _thread.get_ident() not in OWN_THREADS:
-                if counter.add_clean(name, n, time.time()):
-                    return True
-                self.state.counters.add("dropped.aggregate_cap")
-                return False
+                return self._count(name, n)
         return False if self._off else self._count_checked(activity, n, meta)
 
     @_guarded
@@ -257,8 +253,9 @@ class Agent:
         return self._count(name, n)
 
     def _count(self, name: str, n: int) -> bool:
+        """Add to the count of a cleaned ``name`` (``n`` checked)."""
         counter = self.state.counter or self._new_counter()
-        if not counter.add(name, n, time.time()):
+        if not counter.add_clean(name, n, time.time()):
             self.state.counters.add("dropped.aggregate_cap")
             return False
         if self._thread is None:
@@ -713,8 +710,6 @@ def _finalize_at_exit(agent: Agent) -> None:
 _now, _ident, _take_id = time.time, _thread.get_ident, ready_ids.popleft
 #: Activity names whose cleaned form (and whose meta) ``count()`` keeps: a product has tens; a bound all the same.
 MAX_COUNTED = 1024
-#: Per meta key: the copy's entry, and a key or number the record keeps alive.
-KEY_WEIGHT = 80
 
 
 def _weak_call(obj: object, name: str):

@@ -10,7 +10,7 @@ try:  # the C type itself: ``collections`` costs a host a few milliseconds to im
 except ImportError:  # another Python implementation
     from collections import deque
 
-__all__ = ["OWN_THREADS", "RAW_FIELDS", "RAW_WEIGHT", "RECORD_WEIGHT", "Buffer", "Counters", "Waker", "weight_of"]
+__all__ = ["KEY_WEIGHT", "OWN_THREADS", "RAW_FIELDS", "RAW_WEIGHT", "RECORD_WEIGHT", "Buffer", "Counters", "Waker", "weight_of"]
 
 #: Idents of callhome's own threads. An event tracked from one of them (a host logging handler
 #: that forwards log lines, fed by callhome's or urllib3's own logging) would feed back forever.
@@ -22,6 +22,8 @@ RECORD_WEIGHT = 4096
 RAW_FIELDS = 9
 #: The least a raw call weighs (the memory it holds besides its meta: the fields, the id, the time).
 RAW_WEIGHT = 480
+#: What a call weighs more per meta key: the copy's entry, and a key or number it keeps alive.
+KEY_WEIGHT = 80
 
 
 class Buffer:
@@ -128,16 +130,11 @@ class Counters:
     def add(self, name: str, n: int = 1) -> None:
         if n <= 0:
             return
-        counter = self.counter(name)
-        for _ in range(n):
-            next(counter)
-
-    def counter(self, name: str) -> count:
-        """The count behind ``name``: a hot path calls ``next()`` on it directly."""
         counter = self._counts.get(name)
         if counter is None:
             counter = self._counts.setdefault(name, count())  # setdefault: atomic, one winner
-        return counter
+        for _ in range(n):
+            next(counter)
 
     def get(self, name: str) -> int:
         counter = self._counts.get(name)

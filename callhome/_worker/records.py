@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from .._state import HostState
+from ..config import Config
 from ..payload import Rejected, call_label, clean_activity, clean_category, clean_meta, clean_user, coerce_event_at
 from ..queue import frame, frame_json
 
@@ -56,9 +57,12 @@ class Records:
 
     def lines(self, items: list, installation_id: str | None) -> list:
         """The framed lines of ``items`` that can be sent (the others are counted)."""
-        if self._shared[0] is not self.state.config or self._shared[1] != installation_id:
-            self._share(installation_id)
-        limit = self.state.config.max_event_bytes
+        config = self.state.config
+        if config is None:  # the worker runs only once init() gave one
+            return []
+        if self._shared[0] is not config or self._shared[1] != installation_id:
+            self._share(config, installation_id)
+        limit = config.max_event_bytes
         lines = []
         for item in items:
             if type(item) is tuple:
@@ -130,10 +134,10 @@ class Records:
         self._heads[activity] = head
         return head
 
-    def _share(self, installation_id: str | None) -> None:
+    def _share(self, config: Config, installation_id: str | None) -> None:
         """Encode what every record of this configuration shares: the payload's constant fields
         up to ``activity_type``, and the meta keys the agent adds (they win over the host's)."""
-        config, state = self.state.config, self.state
+        state = self.state
         fields = dict(state.static)
         if config.domain:
             fields["domain"] = config.domain
