@@ -425,8 +425,9 @@ def test_a_sender_killed_mid_request_is_replaced_and_nothing_is_lost(hosts, coll
         assert hosts.senders_of(nxt.pid), "the next host started no sender"
     assert out == "" and err == "", (out, err)
 
-    time.sleep(max(hang_ends + 0.3 - time.monotonic(), 0))  # the request on the wire is answered (and stored)
     ids = [ready["first"], *later]
+    # the request on the wire is answered (and stored) once the collector's hang ends
+    wait_until(lambda: set(received_ids(collector)) >= set(ids), timeout=max(hang_ends - time.monotonic(), 0) + 10)
     received = received_ids(collector)
     assert sorted(set(received)) == sorted(ids), "an event was lost or invented"
     duplicates = collector.store.stats()["duplicates"]
@@ -505,7 +506,9 @@ DELETED_HOST = """
     sys.stdin.readline()  # the directory is gone and the sender with it
     later = [callhome.track("secondary1", meta={{"round": 3}}) for _ in range(5)]
     flushed = callhome.flush(15)
-    time.sleep(1.5)  # a few more cycles of the worker
+    deadline = time.monotonic() + 15  # the worker's next cycles: the queue empty, the sender idle
+    while (callhome.status()["queued"] or callhome.status()["state"] != "idle") and time.monotonic() < deadline:
+        time.sleep(0.05)
     print(json.dumps({{"first": first, "later": later, "flushed": flushed, "status": callhome.status()}}))
 """
 
@@ -527,7 +530,7 @@ def test_a_sender_whose_directory_is_deleted_exits_quietly(hosts, collector, sta
         assert wait_until(lambda: usage_requests(collector) >= 7, timeout=10), "the backlog was not sent"
     else:
         assert wait_until(lambda: collector.store.count() >= 35, timeout=10)
-        time.sleep(0.3)
+        assert wait_until(lambda: sender_json(state_dir).get("state") == "idle", timeout=10), "no idle sender"
     assert alive(sender), "the sender was gone before the directory was deleted"
     remove_tree(product_dir(state_dir))
     deleted = time.monotonic()
@@ -817,7 +820,9 @@ DISABLE_HOST = """
     callhome.init({options})
     print(json.dumps([callhome.track("secondary1", meta={{"i": i}}) for i in range(30)]), flush=True)
     sys.stdin.readline()  # `callhome disable` ran
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10  # the worker looks at the saved choices once a second
+    while callhome.status()["enabled"] and time.monotonic() < deadline:
+        time.sleep(0.02)
     after = [callhome.track("secondary1", meta={{"after": True}}) for _ in range(3)]
     flushed = callhome.flush(2)
     time.sleep(1.0)
