@@ -103,6 +103,8 @@ class Sender:
         self.kind = SenderState.IDLE
         self.detail = ""
         self.last_send: dict | None = None
+        #: the last answer that was not a success: kept past the successes that follow it
+        self.last_error: dict | None = None
         #: called after the records of a batch are settled, before the batch leaves the queue:
         #: whoever watches the queue empty then also sees the counts that emptied it
         self.progress = progress
@@ -305,6 +307,8 @@ class Sender:
         """Keep the answer for ``status()``, and the request for the sent log (written per cycle)."""
         self.last_send = {"at": time.time(), "outcome": result.outcome, "status": result.status,
                           "detail": result.detail}
+        if result.outcome != OK:
+            self.last_error = {"at": self.last_send["at"], "status": result.status, "detail": result.detail}
         self._sent.append(dict(self.last_send, url=url, payload=payload))
         if len(self._sent) >= SENT_LOG_EVERY:
             self._write_sent_log()  # a long cycle must not hold every request it made in memory

@@ -290,7 +290,7 @@ class Launcher:
                     "pid": os.getpid() if running else None,
                     "since": loop.started if loop and running else None,
                     "sent": self.counters.get("delivered"), "state": loop.sender.state if loop else "idle",
-                    "last_error": loop.last_error if loop else None,
+                    "last_error": loop.sender.last_error if loop else None,
                     "last_send": loop.sender.last_send if loop else None, "updated": loop.updated if loop else 0.0,
                     "answered": loop.answered if loop else None, "our_settings": True, "resources": None}
         status = self._status

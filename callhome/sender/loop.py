@@ -22,7 +22,7 @@ from ..buffer import Counters
 from ..config import Config
 from .delivery import Sender, SenderState, TransportFactory
 from .files import FLUSH_FILE, LOCK_NAME, RETIRE_FILE, STATUS_FILE, fingerprint, state_path
-from .transport import OK, open_transport
+from .transport import open_transport
 
 __all__ = ["SenderLoop"]
 #: How often an idle sender looks for new batches (a ``stat`` of ``ready/``, nothing more).
@@ -68,7 +68,6 @@ class SenderLoop:
         self.answered: int | None = None
         self._retire_stamp = mtime_ns(self._state_path(RETIRE_FILE))
         self.fingerprint = fingerprint(config)
-        self.last_error: dict | None = None
 
     # -- life ------------------------------------------------------------------------------------
     def claim(self, wait: float = 0.0) -> bool:
@@ -171,8 +170,6 @@ class SenderLoop:
     def _publish(self, force: bool = False) -> None:
         """Write ``sender.json`` when the state changed, or at most every ``STATUS_EVERY`` seconds."""
         last = self.sender.last_send
-        if last is not None and last["outcome"] != OK:
-            self.last_error = {"at": last["at"], "status": last["status"], "detail": last["detail"]}
         shown = (self.sender.state, self.ended, self._progress_count())
         now = time.monotonic()
         if not force and (shown == self._shown or now - self._status_at < STATUS_EVERY) \
@@ -185,7 +182,7 @@ class SenderLoop:
                   "resources": _resources() if self.mode == "process" else None,
                   "state": self.sender.state, "ended": self.ended, "config": self.fingerprint, "counts": self.counters.snapshot(),
                   "answered": self.answered,
-                  "last_send": last, "last_error": self.last_error}
+                  "last_send": last, "last_error": self.sender.last_error}
         try:
             write_json(self._state_path(STATUS_FILE), status)
         except OSError:
