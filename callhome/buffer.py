@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import _thread
-from itertools import count
+from itertools import count, repeat, starmap
 
 try:  # the C type itself: ``collections`` costs a host a few milliseconds to import
     from _collections import deque
 except ImportError:  # another Python implementation
     from collections import deque
 
-__all__ = ["KEY_WEIGHT", "OWN_THREADS", "RAW_FIELDS", "RAW_WEIGHT", "RECORD_WEIGHT", "Buffer", "Counters", "Waker", "weight_of"]
+__all__ = ["KEY_WEIGHT", "OWN_THREADS", "RAW_FIELDS", "RAW_WEIGHT", "RECORD_WEIGHT", "Buffer", "Counters", "Waker"]
 
 #: Idents of callhome's own threads. An event tracked from one of them (a host logging handler
 #: that forwards log lines, fed by callhome's or urllib3's own logging) would feed back forever.
@@ -77,44 +77,48 @@ class Buffer:
 
     def drain(self) -> list:
         """Everything buffered, oldest first: records (dicts) and raw calls (tuples of RAW_FIELDS)."""
-        popleft = self.items.popleft
+        items = self.items
         with self._taking:
-            # as many as there are now: whole calls (each added by one atomic extend); what the
-            # host adds meanwhile waits for the next drain (drains take turns: the lock)
-            taken = _entries([popleft() for _ in range(len(self.items))])
-            self.taken += sum(type(entry) is tuple for entry in taken)
+            # as many as there are now, popped in one C call (no thread runs in between): whole
+            # calls, each added by one atomic extend; what the host adds meanwhile waits for the
+            # next drain (drains take turns: the lock)
+            taken, calls, weight = _entries(list(starmap(items.popleft, repeat((), len(items)))))
+            self.taken += calls
         # emptied: start the count afresh rather than subtract (a lost update must not last)
-        self.bytes = 0 if not self.items else max(self.bytes - sum(map(weight_of, taken)), 0)
+        self.bytes = 0 if not items else max(self.bytes - weight, 0)
         return taken
 
     def accepted(self) -> int:
         """Raw calls accepted so far: taken by the worker, or waiting here."""
         with self._taking:
-            return self.taken + sum(type(entry) is tuple for entry in _entries(list(self.items)))
+            return self.taken + _entries(list(self.items))[1]
 
     def __bool__(self) -> bool:
         return bool(self.items)
 
     def __len__(self) -> int:
         """Calls and records waiting (counted on a copy: for ``status()``, not a hot path)."""
-        return len(_entries(list(self.items)))
+        return len(_entries(list(self.items))[0])
 
 
-def _entries(flat: list) -> list:
-    entries, i, end = [], 0, len(flat)
+def _entries(flat: list) -> tuple:
+    """``flat`` regrouped into entries, with how many are raw calls and their total weight."""
+    weights = flat[::RAW_FIELDS]
+    if len(flat) % RAW_FIELDS == 0 and dict not in map(type, weights):
+        # raw calls only (the usual case; a record would sit where a weight is expected), in C
+        return list(zip(*[iter(flat)] * RAW_FIELDS)), len(weights), sum(weights)
+    entries, i, end, calls, weight = [], 0, len(flat), 0, 0
     while i < end:
         if type(flat[i]) is dict:
             entries.append(flat[i])
+            weight += RECORD_WEIGHT
             i += 1
         else:
             entries.append(tuple(flat[i:i + RAW_FIELDS]))
+            calls += 1
+            weight += flat[i]
             i += RAW_FIELDS
-    return entries
-
-
-def weight_of(entry: object) -> int:
-    """The weight an entry was charged: a raw call carries it first, a record is a flat rate."""
-    return entry[0] if type(entry) is tuple else RECORD_WEIGHT
+    return entries, calls, weight
 
 
 class Counters:

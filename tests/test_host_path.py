@@ -13,6 +13,7 @@ import pytest
 
 import callhome
 from callhome.agent import Agent
+from callhome.payload import MAX_KEY, MAX_META_BYTES, MAX_META_KEYS, MAX_STRING, clean_meta
 from conftest import API_KEY, PRODUCT, host_options, is_uuid4, run_host
 
 
@@ -38,6 +39,33 @@ def test_the_worker_cleans_what_track_handed_over(make_agent, collector):
     assert payload["meta"]["line"] == "a b" and payload["meta"]["n"] == 3 and "skip" not in payload["meta"]
     assert payload["meta"]["category"] == "files"
     assert payload["meta"]["installation_id"] and payload["meta"]["callhome_version"] == callhome.__version__
+
+
+#: Metas of plain keys and values that cleaning changes, or nearly does: the worker encodes a
+#: plain meta as it is when cleaning could not change it, and must never be wrong about that.
+EDGE_METAS = [
+    {"k": " lead"}, {"k": "trail "}, {" k": 1}, {"k ": 1}, {"": 1}, {" ": 1}, {"k": " "}, {"k": ""},
+    {"k": "a\tb"}, {"k": "a\nb"}, {"k": "\x00"}, {"k": "caf\u00e9"}, {"k": "\u2003x\u2003"}, {"k": 'say "hi"'},
+    {"k": "back\\slash"}, {"k": "\ud800"}, {"k": "NaN"}, {"k": float("nan")}, {"k": float("-inf")},
+    {"k": 2 ** 53 - 1}, {"k": 2 ** 53}, {"k": -(2 ** 53)}, {"k": 10 ** 15}, {"k": 10 ** 16}, {"k": 10 ** 5000},
+    {"k": 1e15}, {"k": 1e16}, {"k": 0.1 + 0.2}, {"k": True}, {"k": False}, {"k": -0.0},
+    {"k": "x" * (MAX_STRING - 10)}, {"k": "x" * MAX_STRING}, {"k": "x" * (MAX_STRING + 1)},
+    {"k" * MAX_KEY: 1}, {"k" * (MAX_KEY + 1): 1}, {f"k{i}": i for i in range(MAX_META_KEYS)},
+    {f"k{i}": i for i in range(MAX_META_KEYS + 1)}, {f"k{i}": "v" * 200 for i in range(45)},
+    {f"k{i}": 1 for i in range(MAX_META_BYTES // 80)}, {"installation_id": "mine", "n": 1},
+    {"callhome_version": "0", "n": 1}, {"a": 1, "b": "two", "c": 3.5, "d": True},
+]
+
+
+def test_a_plain_meta_is_sent_exactly_as_cleaning_would_send_it(make_agent, collector):
+    agent = make_agent()
+    bare = agent.track("warm")
+    sent = [(agent.track("edge", meta=dict(meta)), meta) for meta in EDGE_METAS]
+    assert agent.flush(10)
+    stored = payloads(collector)
+    added = stored[bare]["meta"]  # the keys the agent adds to every record
+    for event_id, meta in sent:
+        assert stored[event_id]["meta"] == {**clean_meta(meta, []), **added}, meta
 
 
 def test_a_call_the_worker_cannot_send_is_dropped_counted_and_named(make_agent, collector):

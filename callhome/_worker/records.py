@@ -12,10 +12,12 @@ dicts and are encoded whole.
 from __future__ import annotations
 
 import json
+import re
 
 from .._state import HostState
 from ..config import Config
-from ..payload import Rejected, call_label, clean_activity, clean_category, clean_meta, clean_user, coerce_event_at
+from ..payload import (MAX_KEY, MAX_META_BYTES, MAX_META_KEYS, MAX_STRING, Rejected, call_label, clean_activity,
+                       clean_category, clean_meta, clean_user, coerce_event_at)
 from ..queue import frame, frame_json
 
 __all__ = ["Records"]
@@ -29,6 +31,15 @@ if TYPE_CHECKING:
 MAX_NAMES = 1024
 
 _quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+#: Meta keys and values ``clean_meta`` keeps as they are (subclasses and ``None`` go through it).
+_PLAIN_KEYS = frozenset((str,))
+_PLAIN_VALUES = frozenset((str, int, float, bool))
+#: What, in the encoding of a plain meta, ``clean_meta`` would change or might: an escape (a
+#: control character, a line break, a quote, non-ASCII), a non-finite float, an integer of 16
+#: digits or more (beyond 2**53 it becomes a string), space at either end of a string or key,
+#: an empty key. A false alarm (a string that reads "NaN") only costs the slower path.
+_SUSPECT = re.compile(r'\\|NaN|Infinity|:-?\d{16}|" | "|"":').search
 
 
 def _flat_encoder() -> Callable[[dict], str]:
@@ -54,6 +65,7 @@ class Records:
         self._heads: dict = {}  # activity as given → the payload up to its event_id
         self._tail_meta: dict = {}  # the meta keys the agent adds
         self._tail = "{}"  # the same, encoded: the meta of a call without meta
+        self._tail_rest = "}"  # what follows the host's own keys, encoded as they are
 
     def lines(self, items: list, installation_id: str | None) -> list:
         """The framed lines of ``items`` that can be sent (the others are counted)."""
@@ -97,16 +109,9 @@ class Records:
             head = self._head_for(activity)
             if head is None:
                 return None
+        encoded_meta = self._tail
         if meta or category is not None:
-            extra = clean_meta(meta, problems) if meta else {}
-            if category is not None:
-                category = clean_category(category, problems)
-                if category:
-                    extra["category"] = category
-            extra.update(self._tail_meta)
-            encoded_meta = self._encode(extra)
-        else:
-            encoded_meta = self._tail
+            encoded_meta = (category is None and self._as_is(meta)) or self._cleaned(meta, category, problems)
         at = int(now) if event_at is None else coerce_event_at(event_at, now, problems)
         who = ""
         if user_id is not None or user_id_type is not None:
@@ -116,6 +121,32 @@ class Records:
         if problems:
             self._note(activity, problems)
         return frame_json(f'{head}{event_id}","event_at":{at}{who},"meta":{encoded_meta}}}}}'.encode())
+
+    def _as_is(self, meta: dict) -> str | None:
+        """``meta`` and the agent's keys encoded without a copy, when cleaning could not change
+        ``meta`` (the common case, checked in C but for one ``re`` search); else None."""
+        if len(meta) > MAX_META_KEYS or not _PLAIN_VALUES.issuperset(map(type, meta.values())) \
+                or not _PLAIN_KEYS.issuperset(map(type, meta)) or max(map(len, meta)) > MAX_KEY \
+                or not self._tail_meta.keys().isdisjoint(meta):
+            return None
+        try:
+            text = self._encode(meta)
+        except ValueError:  # an int too long to convert (Python's int_max_str_digits)
+            return None
+        # the encoding's length bounds each string, and (with 10 a key for a number's flat 8)
+        # the size clean_meta estimates
+        if len(text) > MAX_STRING or len(text) + 10 * len(meta) > MAX_META_BYTES or _SUSPECT(text):
+            return None
+        return text[:-1] + self._tail_rest
+
+    def _cleaned(self, meta: dict | None, category: object, problems: list) -> str:
+        extra = clean_meta(meta, problems) if meta else {}
+        if category is not None:
+            category = clean_category(category, problems)
+            if category:
+                extra["category"] = category
+        extra.update(self._tail_meta)
+        return self._encode(extra)
 
     def _head_for(self, activity: object) -> str | None:
         """The record's start up to its ``event_id`` for an activity name not seen yet (or None:
@@ -150,6 +181,7 @@ class Records:
         if installation_id:
             self._tail_meta["installation_id"] = installation_id
         self._tail = self._encode(self._tail_meta)
+        self._tail_rest = "," + self._tail[1:] if self._tail_meta else "}"
         self._shared = (config, installation_id)
 
     def _refuse(self, activity: object, why: str) -> None:
