@@ -87,6 +87,15 @@ class MemoryQueue:
             e = claim.entry
             self._ready[entry_name(not_before, e.created, attempt, done, e.count, e.size, e.batch)] = lines
 
+    def take_all(self) -> list:
+        """Every record not yet delivered, oldest batch first, taken out (the disk is back)."""
+        held = [(parse_entry(name), lines) for name, lines in self._ready.items()]
+        held += [(claim.entry, lines) for claim, lines in self._inflight.items()]
+        held.sort(key=lambda pair: pair[0].created if pair[0] else 0.0)
+        self._ready.clear()
+        self._inflight.clear()
+        return [line for entry, lines in held for line in lines[entry.done if entry else 0:]]
+
     def purge(self) -> int:
         removed = self.depth()[0]
         self._ready.clear()

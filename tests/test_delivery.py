@@ -187,6 +187,22 @@ def test_flush_forces_an_attempt_despite_a_long_backoff(make_agent, collector, s
     assert agent.status()["state"] == "idle"
 
 
+def test_flush_after_a_burst_returns_true_once_all_is_delivered(make_agent, collector):
+    # a burst spreads over several batches, some published while the sender drains others: the
+    # flush must neither miss the last one nor wait out its timeout once the queue is empty
+    for burst in (1, 700, 3000):
+        agent = make_agent()
+        ids = [agent.track("secondary1", meta={"i": i}) for i in range(burst)]
+        started = time.monotonic()
+        assert agent.flush(30) is True, agent.status()
+        took = time.monotonic() - started
+        status = agent.status()
+        assert status["queued"] == 0 and status["delivered"] >= burst, status
+        assert set(ids) <= set(received_ids(collector))
+        print(f"burst of {burst}: flush() True after {took:.2f}s")
+        agent.shutdown()
+
+
 def test_persistent_503_keeps_everything_queued(make_agent, collector, state_dir):
     collector.app.fail_all(503)
     agent = make_agent()

@@ -20,6 +20,7 @@ import zlib
 
 import pytest
 from callhome._lock import is_held
+from callhome.queue import DiskQueue
 from conftest import (API_KEY, PRODUCT, ROOT, host_options, kill_9_when, listing, queue_dir, run_host, start_host,
                       wait_until)
 
@@ -395,6 +396,65 @@ def test_full_disk_falls_back_to_memory(collector, state_dir, tmp_path):
     assert sorted(delivered) == sorted(ids[:status["delivered"]] if status["dropped_total"] else ids)
     assert listing(state_dir, "tmp") == [], "a partial write was left in tmp/"
     assert listing(state_dir, "ready") == [] and listing(state_dir, "inflight") == []
+
+
+FULL_WHILE_SHIM = """
+    import errno, os
+    _real_write = os.write
+
+    def _write(fd, data):
+        # the disk is full under queue-v1/ while the marker file exists
+        try:
+            target = os.readlink("/proc/self/fd/%d" % fd)
+        except OSError:
+            target = ""
+        if "/queue-v1/" in target and os.path.exists({marker!r}):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return _real_write(fd, data)
+
+    os.write = _write
+"""
+
+FULL_DISK_HOST = """
+    import json, os, time, callhome
+    callhome.init({options})
+    ids = [callhome.track("secondary1", meta={{"i": i}}) for i in range(2000)]
+    deadline = time.monotonic() + 5
+    while not callhome.status()["disk"].startswith("memory-only") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    full = callhome.status()
+    if {free}:
+        os.unlink({marker!r})  # space frees: the worker tries the disk again by itself
+        deadline = time.monotonic() + 10
+        while callhome.status()["disk"] != "ok" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    back = callhome.status()
+    callhome.shutdown(0.5)
+    with open({result!r}, "w") as f:
+        json.dump({{"ids": ids, "full": full, "back": back, "end": callhome.status()}}, f)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="the ENOSPC shim needs /proc/self/fd")
+@pytest.mark.parametrize("free", [True, False], ids=["space-freed", "still-full"])
+def test_a_full_disk_is_tried_again_and_every_record_is_kept_or_counted(collector, state_dir, tmp_path, free):
+    collector.app.fail_all(503)  # the server is down: nothing leaves memory by delivery
+    marker, result_path = str(tmp_path / "full"), str(tmp_path / "result.json")
+    open(marker, "w").close()
+    code = FULL_WHILE_SHIM.format(marker=marker) + FULL_DISK_HOST.format(
+        options=host_options(collector, state_dir), free=free, marker=marker, result=result_path)
+    report = memory_host_report(run_host(code, timeout=60), result_path)
+    assert report["full"]["disk"].startswith("memory-only"), report["full"]
+    assert "No space" in report["full"]["disk"], report["full"]
+    end = report["end"]
+    if free:
+        assert report["back"]["disk"] == "ok", report["back"]
+        # every record the memory queue held is on disk, for the next sender
+        assert DiskQueue(os.path.join(state_dir, PRODUCT), False).open().depth()[0] >= 2000
+        assert end["dropped_total"] == 0, end["dropped"]
+    else:
+        assert end["dropped"].get("memory_only", 0) + end["delivered"] >= 2000, end
+        assert end["dropped_total"] >= 2000 - end["delivered"], end
 
 
 # -- damaged queues ------------------------------------------------------------------------------

@@ -86,6 +86,27 @@ class Storage:
         logger().debug("callhome: disk queue unusable (%s); memory-only delivery", self.disk_error)
         self.queue = MemoryQueue(self.disk_error)
 
+    def retry_disk(self) -> bool:
+        """Open the disk queue again (a full disk may have room now) and move what memory holds
+        onto it; True when the queue is on disk again. Memory keeps the records otherwise."""
+        if self.disk_error is None or self.directory is None or self.refused is not None:
+            return False
+        queue, installation_id, error = self.open(self.directory)
+        held = self.queue
+        if error is not None or not isinstance(queue, DiskQueue) or not isinstance(held, MemoryQueue):
+            return False
+        lines = held.take_all()
+        try:
+            queue.put(lines, time.time())
+        except OSError as exc:
+            held.put(lines, time.time())  # still no room: they stay in memory
+            self.disk_error = f"{type(exc).__name__}: {exc}"
+            return False
+        logger().debug("callhome: the disk queue works again; %d records moved back to it", len(lines))
+        self.queue, self.disk_error = queue, None
+        self.installation_id = self.installation_id or installation_id
+        return True
+
     def _show_notice(self, directory: str, is_ci: bool) -> None:
         """Once per product and notice version; on a terminal the first send waits for the next run."""
         if is_ci or self.choices().get("notice_version") == choices.NOTICE_VERSION:

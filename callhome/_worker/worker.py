@@ -39,6 +39,8 @@ LOCAL_EXIT_BUDGET = 2.0
 REAP_EVERY = 1.0
 #: How often a busy worker looks at what changes slowly (opt-outs, heartbeat, the sender's status).
 CHECK_EVERY = 1.0
+#: While the disk refuses records (full, read-only), it is tried again this often, and by a flush.
+DISK_RETRY = 5.0
 #: A flush polls the queue's depth this often.
 FLUSH_POLL = 0.02
 #: ``SenderState`` values in which a flush cannot succeed until something changes (the delivery
@@ -91,6 +93,7 @@ class Worker:
         self._exiting = False
         self._flushing = 0  # flush() calls waiting for the queue to empty
         self._checked_at = -CHECK_EVERY
+        self._disk_tried_at = 0.0
         self._decided: tuple = ()
         self._flush_stamp: int | None = None  # the stamp of this process's latest flush request
 
@@ -159,6 +162,7 @@ class Worker:
             self.state.waker.force()
         if self.state.buffer or self.state.counter or not self.schedule.looked:
             self._save_at_exit()
+        self._guard(self._retry_disk)  # one last try: what memory holds is lost at exit otherwise
         with self.state.persist_lock:
             pass  # records the worker already took from the buffer are on disk once it lets go
         self.spool.publish(force=True)  # this Worker's open batch, if the exit hook uses another one
@@ -166,9 +170,10 @@ class Worker:
             self.journal.close(self.storage.directory)  # its sessions are queued
         if self.launcher is not None:
             if self._sender_wanted():
-                self._guard(lambda: self.launcher.ensure(now=True))
+                self._guard(lambda: self._launcher().ensure(now=True))
                 self._guard(self.launcher.ensure_successor)
             self.launcher.stop(timeout, exiting=self._exiting)
+        self._guard(self._count_left_in_memory)
 
     def _save_at_exit(self) -> None:
         """Persist the buffer and merge the counts on this thread, without waiting for the network."""
@@ -270,7 +275,7 @@ class Worker:
         with self._done:
             ticket = self._flush_wanted
         forced = ticket > self._flush_done
-        if (forced or time.monotonic() - self._checked_at >= CHECK_EVERY) and self._slow_checks():
+        if (forced or time.monotonic() - self._checked_at >= CHECK_EVERY) and self._slow_checks(forced):
             self._release_flush_waiters()
             return 0  # an opt-out appeared: nothing more to do
         if time.time() >= self.schedule.due:
@@ -292,11 +297,13 @@ class Worker:
                 self._done.notify_all()
         return moved
 
-    def _slow_checks(self) -> bool:
+    def _slow_checks(self, forced: bool = False) -> bool:
         """What may wait a second; True when an opt-out appeared (the worker then stops)."""
         self._checked_at = time.monotonic()
         if self._opted_out_now():
             return True
+        if forced or self._checked_at - self._disk_tried_at >= DISK_RETRY:
+            self._retry_disk()
         if self.launcher.config is not self.state.config:
             self.launcher.reconfigure(self.state.config)
         self._beat()
@@ -305,6 +312,21 @@ class Worker:
         self.spool.refresh_depth(force=True)  # the sender empties the queue: stop asking for one
         self.spool.maintain()
         return False
+
+    def _retry_disk(self) -> None:
+        """Back to the disk queue once it takes records again (the next cycle swaps the sender)."""
+        if self.storage.disk_error is None:
+            return
+        self._disk_tried_at = time.monotonic()
+        with self.state.persist_lock:
+            if self.storage.retry_disk():
+                self.spool.refresh_depth(force=True)
+
+    def _count_left_in_memory(self) -> None:
+        """At the end, what a memory-only queue still holds is lost: counted, not silent."""
+        if self.storage.disk_error is not None and self.storage.queue is not None:
+            with self.state.persist_lock:
+                self.state.counters.add("dropped.memory_only", self.storage.queue.purge())
 
     def _setup(self) -> None:
         self.storage.setup()
@@ -342,11 +364,16 @@ class Worker:
 
     def _ensure_sender(self, force: bool = False) -> None:
         """Keep a sender for the queued work (``force``: a flush, which tries despite a backoff)."""
-        if self.launcher.queue is not self.storage.queue:  # the disk failed: memory and a thread now
+        launcher = self._launcher()
+        if not (self.storage.deferred or self._held_here()):
+            launcher.ensure(now=force, force=force)
+
+    def _launcher(self) -> Launcher:
+        """The launcher for the queue in use: the disk failed (memory and a thread now), or is back."""
+        if self.launcher.queue is not self.storage.queue:
             self.launcher.stop(0)
             self.launcher = self._new_launcher()
-        if not (self.storage.deferred or self._held_here()):
-            self.launcher.ensure(now=force, force=force)
+        return self.launcher
 
     def _new_launcher(self) -> Launcher:
         return Launcher(self.state.config, self.storage.queue, self.storage.choices, self.state.counters)
