@@ -245,12 +245,17 @@ class AggregateStore:
         :return: counts dropped by reason: ``late`` (window already emitted, or older than
             ``max_windows`` intervals), ``activities`` and ``windows`` (caps; ``windows`` also
             takes windows more than a day in the future, i.e. a clock far ahead).
-        :raises _lock.Busy: the lock is busy; give the partial back with :meth:`Counter.restore`.
+        Each window's counts leave ``partial`` once that window is settled (merged or dropped), so
+        after an error ``partial`` holds exactly what was not: give that back with
+        :meth:`Counter.restore`, and no window is counted twice.
+
+        :raises _lock.Busy: the lock is busy (``partial`` is untouched).
         :raises OSError: the directory is unusable.
         """
         dropped = dict(_EMPTY)
         by_window = _group(partial)
         if not by_window:
+            partial.clear()  # nothing in it could ever be merged
             return dropped
         with self._locked(timeout):
             listing = self._scan(sweep=True)
@@ -258,17 +263,23 @@ class AggregateStore:
             open_windows = sum(1 for (iv, _), kinds in listing.items()
                                if iv == self.interval and kinds == {"json"})
             for start, counts in sorted(by_window.items()):
-                reason = self._refusal(start, listing.get((self.interval, start), set()), now)
-                if reason:
-                    dropped[reason] += sum(counts.values())
-                    continue
-                is_new = (self.interval, start) not in listing
-                if is_new and open_windows >= self.max_windows:
-                    dropped["windows"] += sum(counts.values())
-                    continue
-                merged = self._merge_window(start, counts, dropped)
-                open_windows += bool(is_new and merged)
+                open_windows += self._settle(start, counts, listing, open_windows, now, dropped)
+                for activity in counts:
+                    partial.pop((start, activity), None)
+        partial.clear()  # what is left was malformed
         return dropped
+
+    def _settle(self, start: int, counts: dict, listing: dict, open_windows: int, now: float, dropped: dict) -> bool:
+        """Merge one window's counts, or drop them by the rules; True when a new window was opened."""
+        reason = self._refusal(start, listing.get((self.interval, start), set()), now)
+        if reason:
+            dropped[reason] += sum(counts.values())
+            return False
+        is_new = (self.interval, start) not in listing
+        if is_new and open_windows >= self.max_windows:
+            dropped["windows"] += sum(counts.values())
+            return False
+        return self._merge_window(start, counts, dropped) and is_new
 
     def _refusal(self, start: int, kinds: set, now: float) -> str | None:
         """Why counts for window ``start`` cannot be merged, by its marker files and age."""

@@ -516,3 +516,24 @@ def test_importing_the_module_loads_no_third_party_package():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_merge_that_fails_on_its_second_window_gives_back_only_that_window(store_dir):
+    """Counts drained over two windows, the second one's file unwritable: the first window is
+    merged once, the second given back and merged later: 10 and 5, never 20 and 5."""
+    store = AggregateStore(store_dir, HOUR).open()
+    now = time.time()
+    first, second = BASE, BASE + HOUR
+    counter = Counter(HOUR)
+    counter.add("export", 10, first + 1)
+    counter.add("export", 5, second + 1)
+    blocker = os.path.join(store_dir, f"w-{HOUR}-{second}.json")
+    os.mkdir(blocker)  # where the second window's file goes: the write fails
+    partial = counter.drain()
+    with pytest.raises(OSError):
+        store.merge(partial, now)
+    assert partial == {(second, "export"): 5}, "the merged window was left in what is given back"
+    counter.restore(partial)
+    os.rmdir(blocker)
+    assert store.merge(counter.drain(), now) == NONE_DROPPED
+    assert store.pending() == {(first, "export"): 10, (second, "export"): 5}

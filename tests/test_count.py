@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 
 import pytest
-from conftest import host_options, run_host, start_host, wait_until
+from conftest import PRODUCT, host_options, run_host, start_host, wait_until
 
 INTERVAL = 10  # seconds; the grace before a window is sent is interval / 4
 
@@ -137,3 +138,30 @@ def test_strict_mode_raises_on_a_bad_count(make_agent):
         agent.count("primary", 0)
     with pytest.raises(ValueError):
         agent.count("")
+
+
+def test_counts_that_cannot_be_merged_at_exit_are_counted_and_exit_keeps_its_budget(collector, state_dir):
+    """Another process holds the aggregate store's lock through this one's exit: its counts
+    are lost (they cannot reach the shared store), counted, and the exit takes about 2 s, not 4."""
+    from callhome._lock import FileLock
+
+    store = os.path.join(state_dir, PRODUCT, "aggregate-v1")
+    os.makedirs(store, exist_ok=True)
+    held = FileLock(os.path.join(store, "lock")).acquire(1.0)
+    try:
+        host = run_host(f"""
+            import json, time, callhome
+            callhome.init({host_options(collector, state_dir)})
+            for _ in range(10):
+                callhome.count("primary")
+            started = time.monotonic()
+            callhome.shutdown(0.5)
+            took = time.monotonic() - started
+            print(json.dumps({{"took": took, "dropped": callhome.status()["dropped"]}}))
+        """)
+    finally:
+        held.release()
+    assert host.returncode == 0 and host.stderr == "", host.stderr
+    report = json.loads(host.stdout)
+    assert report["dropped"].get("aggregate_exit") == 10, report
+    assert report["took"] < 3.0, report

@@ -15,6 +15,8 @@ __all__ = ["AggregateEmitter"]
 
 #: Counts are merged at most this often (or sooner when the flush interval is shorter).
 MERGE_EVERY = 5.0
+#: How long a periodic merge waits for the store's lock (busy: the counts wait for the next one).
+MERGE_WAIT = 0.2
 
 
 class AggregateEmitter:
@@ -42,7 +44,7 @@ class AggregateEmitter:
         store = self._store()
         if store is None:
             return
-        self.merge(None)
+        self.merge(MERGE_WAIT)  # persist_lock is held meanwhile: exit must not wait long for it
         due = store.take_due(time.time())
         if due:
             lines = self.spool.records.lines([self._record(store, *item) for item in due], None)
@@ -60,7 +62,9 @@ class AggregateEmitter:
                 self.store = AggregateStore(path, self.state.config.aggregate_interval).open()
         return self.store
 
-    def merge(self, timeout: float | None) -> None:
+    def merge(self, timeout: float | None, final: bool = False) -> None:
+        """Merge this process's counts into the store; ``final`` (exit): what cannot be merged
+        within ``timeout`` is lost, and counted (``dropped.aggregate_exit``)."""
         counter, store = self.state.counter, self._store()
         if counter is None or store is None:
             if counter is not None and not self.storage.durable:
@@ -74,8 +78,11 @@ class AggregateEmitter:
                 return
             try:
                 dropped = store.merge(partial, time.time(), timeout)
-            except OSError:  # the lock is busy or the disk failed
-                counter.restore(partial)
+            except OSError:  # the lock is busy or the disk failed: partial holds what was not merged
+                if final:
+                    self.state.counters.add("dropped.aggregate_exit", sum(partial.values()))
+                else:
+                    counter.restore(partial)
                 return
         self._count_drops(dropped)
 

@@ -177,6 +177,7 @@ class Worker:
 
     def _save_at_exit(self) -> None:
         """Persist the buffer and merge the counts on this thread, without waiting for the network."""
+        deadline = time.monotonic() + LOCAL_EXIT_BUDGET  # one budget for all of it, not one per wait
         if not self._setup_lock.acquire(timeout=LOCAL_EXIT_BUDGET):
             self._persist_with_own_handle()  # the worker is stuck opening the queue
             return
@@ -191,7 +192,7 @@ class Worker:
             self.spool.persist()
             self.spool.publish(force=True)
             if self.state.counter:
-                self.aggregates.merge(LOCAL_EXIT_BUDGET)
+                self.aggregates.merge(max(deadline - time.monotonic(), 0.0), final=True)
 
     def _persist_with_own_handle(self) -> None:
         storage = Storage(self.state)
@@ -204,6 +205,8 @@ class Worker:
             spool.put_records(self.state.buffer.drain(), installation_id)
         except OSError:
             self.state.counters.add("dropped.disk_error")
+        if self.state.counter is not None:  # the store is the stuck worker's: counts cannot reach it
+            self.state.counters.add("dropped.aggregate_exit", sum(self.state.counter.drain().values()))
 
     # -- the thread --------------------------------------------------------------------------
     def run(self) -> None:
