@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
-from conftest import (PRODUCT, closed_port_url, deliver, host_options, is_uuid4, of_type, payloads, queue_dir,
+from conftest import (PRODUCT, ROOT, closed_port_url, deliver, host_options, is_uuid4, of_type, payloads, queue_dir,
                       run_host, start_host, wait_until)
 from filelock import FileLock
 
@@ -367,6 +370,56 @@ def test_a_live_process_journal_is_never_claimed(collector, state_dir, make_agen
     assert sorted(p["meta"]["closed_by"] for p in records) == ["end", "exit", "exit"], records
     assert collector.store.stats()["duplicates"] == 0
     assert by_session_id(collector)["live-session-01"]["meta"]["duration"] >= 1.2
+
+
+def _pid_namespaces_work() -> bool:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    try:
+        return subprocess.run(["unshare", "-pf", "--mount-proc", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _pid_namespaces_work(), reason="needs root and unshare(1) for a PID namespace")
+def test_a_live_process_of_another_pid_namespace_keeps_its_journal(collector, state_dir, make_agent):
+    """Two containers share the product's directory: a pid in the other one's journal names no
+    process here (or another one). Only its heartbeat tells whether it is alive."""
+    outside = next(pid for pid in range(100, 30000) if not os.path.exists(f"/proc/{pid}"))
+    options = host_options(collector, state_dir, sessions=True, heartbeat_interval=1)
+    code = textwrap.dedent(f"""
+        import json, os, sys, time, callhome
+        callhome.init({options})
+        callhome.start_session("container-session")
+        print(json.dumps({{"pid": os.getpid()}}), flush=True)
+        sys.stdin.readline()
+        assert callhome.end_session("container-session")
+    """)
+    # in a new PID namespace, a shell starts processes until the host gets a pid free out here
+    script = f'i=2; while [ $i -lt {outside} ]; do /bin/true; i=$((i+1)); done; "$0" -c "$1"'
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    live = subprocess.Popen(["unshare", "-pf", "--mount-proc", "sh", "-c", script, sys.executable, code],
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = first_line(live)["pid"]
+        assert pid == outside and not os.path.exists(f"/proc/{pid}"), pid
+        assert wait_until(lambda: "container-session" in journal_text(state_dir, journal_of(state_dir, pid) or "-"))
+        name = journal_of(state_dir, pid)
+        other = run_host(f"""
+            import callhome
+            callhome.init({host_options(collector, state_dir, sessions=True)})
+        """)
+        assert other.returncode == 0 and other.stderr == "", other.stderr
+        assert journal_of(state_dir, pid) == name, "the other namespace's live journal was claimed"
+        live.stdin.write("go\n")
+        live.stdin.flush()
+        assert live.wait(30) == 0, live.communicate()
+    finally:
+        stop(live)
+    deliver(make_agent)
+    assert by_session_id(collector)["container-session"]["meta"]["closed_by"] == "end"
+    assert not [p for p in of_type(collector, "session") if p["meta"]["closed_by"] == "recovered"]
 
 
 def test_a_stale_journal_left_under_this_very_pid_is_recovered(collector, state_dir, make_agent):

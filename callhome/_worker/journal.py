@@ -24,8 +24,20 @@ if TYPE_CHECKING:
 
 _JOURNAL_DIR = "sessions"
 _CLAIMED = ".closing"
+_namespace: list = []  # this process's, read once
 
 
+def pid_namespace() -> str:
+    """What a pid is relative to: this boot and this PID namespace (every container has its own
+    pid 1); "" where ``/proc`` cannot say. A pid of another namespace cannot be checked here."""
+    if not _namespace:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip().replace("-", "")
+            _namespace.append(f"{boot}.{os.stat('/proc/self/ns/pid').st_ino}")
+        except (OSError, ValueError):
+            _namespace.append("")
+    return _namespace[0]
 
 def journal_path(directory: str, name: str) -> str:
     return os.path.join(directory, _JOURNAL_DIR, name + ".json")
@@ -40,7 +52,7 @@ def write_journal(directory: str, name: str, beat: float, sessions: dict[str, tu
     path = journal_path(directory, name)
     existed = os.path.exists(path)
     ensure_private_dir(os.path.dirname(path))
-    write_json(path, {"pid": os.getpid(), "beat": beat,
+    write_json(path, {"pid": os.getpid(), "ns": pid_namespace(), "beat": beat,
                       "sessions": {sid: [kind, start] for sid, (kind, start) in sessions.items()}})
     return existed
 
@@ -69,9 +81,9 @@ def recover(directory: str, stale_after: float, now: float) -> tuple[list, list]
         if not (name.endswith(".json") or _CLAIMED in name):
             continue
         journal = read_json(path)
-        if not _abandoned(name, journal, stale_after, now):
+        if not _abandoned(path, name, journal, stale_after, now):
             continue
-        claimed = f"{path.split(_CLAIMED)[0]}{_CLAIMED}-{os.getpid()}"
+        claimed = f"{path.split(_CLAIMED)[0]}{_CLAIMED}-{pid_namespace()}-{os.getpid()}"
         try:
             os.rename(path, claimed)
         except OSError:
@@ -81,17 +93,28 @@ def recover(directory: str, stale_after: float, now: float) -> tuple[list, list]
     return found, claimed_paths
 
 
-def _abandoned(name: str, journal: dict, stale_after: float, now: float) -> bool:
-    if _CLAIMED in name:  # a recovery that died halfway; its claimer's pid is in the name
-        owner = name.rsplit("-", 1)[-1]
-        return not owner.isdigit() or not pid_alive(int(owner))
+def _abandoned(path: str, name: str, journal: dict, stale_after: float, now: float) -> bool:
+    if _CLAIMED in name:  # a recovery that died halfway; its claimer's namespace and pid are in the name
+        namespace, dash, owner = name.split(_CLAIMED + "-", 1)[-1].rpartition("-")
+        if (namespace == pid_namespace() or not dash) and owner.isdigit():  # no dash: named before namespaces
+            return not pid_alive(int(owner))
+        return _older_than(path, stale_after, now)  # another container's claimer, or an old name
     try:
         pid, beat = int(journal["pid"]), float(journal["beat"])
     except (KeyError, TypeError, ValueError):
         return True  # unreadable: nothing to close, but the file should go
-    if pid == os.getpid():  # ours, or an earlier run's that had our pid (a container's pid 1)
-        return now - beat > stale_after
-    return not pid_alive(pid) or now - beat > stale_after
+    if now - beat > stale_after:
+        return True
+    if pid == os.getpid() or journal.get("ns", pid_namespace()) != pid_namespace():
+        return False  # ours, or a pid of another namespace: only its heartbeat can tell
+    return not pid_alive(pid)
+
+
+def _older_than(path: str, age: float, now: float) -> bool:
+    try:
+        return now - os.stat(path).st_mtime > age
+    except OSError:
+        return False  # gone: claimed by someone else meanwhile
 
 
 def _sessions_of(journal: dict) -> list[tuple[str, str, float, float]]:
