@@ -203,6 +203,25 @@ def test_flush_after_a_burst_returns_true_once_all_is_delivered(make_agent, coll
         agent.shutdown()
 
 
+@pytest.mark.slow
+def test_a_backlog_longer_than_one_cycle_is_sent_without_pauses(make_agent, collector):
+    """A backlog that takes several of the sender's 10 s cycles goes out back to back: no idle
+    seconds between one cycle's end and the next one's start (and no flush() to push it)."""
+    collector.app.fail_all(503)
+    agent = make_agent()
+    total = 24000
+    for i in range(total):
+        agent.track("secondary1", meta={"i": i})
+    assert wait_until(lambda: agent.status()["queued"] >= total, timeout=30), agent.status()
+    collector.app.fail_all(None)  # the server is back: the sender's backoff ends within a few seconds
+    assert wait_until(lambda: collector.store.count() >= total, timeout=120), agent.status()
+    arrivals = sorted(e["received_at"] for e in received(collector))
+    gaps = sorted(later - earlier for earlier, later in zip(arrivals, arrivals[1:]))
+    span = arrivals[-1] - arrivals[0]
+    print(f"\n{total} records in {span:.1f} s; longest pause {gaps[-1]:.2f} s")
+    assert gaps[-1] < 2.0, f"the sender paused {gaps[-1]:.1f} s between records"
+
+
 def test_persistent_503_keeps_everything_queued(make_agent, collector, state_dir):
     collector.app.fail_all(503)
     agent = make_agent()
