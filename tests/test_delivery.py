@@ -487,3 +487,22 @@ def test_opt_out_is_rechecked_before_every_send(make_agent, collector, monkeypat
     assert collector.app.requests.total == requests_before
     assert received_ids(collector) == [first]
     assert agent.status()["state"].startswith("disabled"), agent.status()["state"]
+
+
+def test_a_fleet_of_daemons_restarted_together_spreads_its_daily_call_home():
+    """1,000 daemons restarted in the same second: on the following days their CALL_HOMEs are
+    spread over the jitter (an hour), never early, rather than all in that second."""
+    import random
+
+    from callhome._worker.schedule import MAX_JITTER, next_due
+
+    rng = random.Random(7)
+    day = 86400.0
+    sent = [0.0] * 1000
+    for _ in range(3):
+        sent = [next_due(at, day, rng.random()) for at in sent]
+    per_second: dict = {}
+    for at in sent:
+        per_second[int(at)] = per_second.get(int(at), 0) + 1
+    assert min(sent) >= 3 * day and max(sent) <= 3 * (day + MAX_JITTER)
+    assert max(per_second.values()) <= 5, max(per_second.values())

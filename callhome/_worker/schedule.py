@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from .._lock import FileLock
@@ -9,11 +10,26 @@ from .._log import logger
 from .._state import HostState
 from .storage import Storage
 
-__all__ = ["CallHomeSchedule"]
+__all__ = ["CallHomeSchedule", "next_due"]
+
+#: A long-running process's next CALL_HOME comes up to this share of the interval (at most
+#: ``MAX_JITTER``) late, at random: a fleet of daemons restarted together would otherwise call
+#: home in the same second every day. Late, never early: the promise is "at most once".
+JITTER = 0.1
+MAX_JITTER = 3600.0
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
 if TYPE_CHECKING:
     from typing import Callable
+
+
+def next_due(last: float, interval: float, draw: float) -> float:
+    """When to look again after a CALL_HOME at ``last``; ``draw`` is uniform in [0, 1]."""
+    return last + interval + min(interval * JITTER, MAX_JITTER) * draw
+
+
+def _draw() -> float:
+    return int.from_bytes(os.urandom(2), "big") / 65535
 
 
 class CallHomeSchedule:
@@ -43,16 +59,16 @@ class CallHomeSchedule:
         queue = self.storage.queue
         last = self._last()
         if time.time() - last < interval:  # the common case needs no lock
-            self.due = last + interval
+            self.due = next_due(last, interval, _draw())
             return
         try:
             with FileLock(queue.lock_path("state")).acquire(2.0):
                 last, now = self._last(), time.time()  # again, under the lock
                 if now - last < interval:
-                    self.due = last + interval
+                    self.due = next_due(last, interval, _draw())
                     return
                 queue.set_state("call_home", {"at": now})
-                self.due = now + interval
+                self.due = next_due(now, interval, _draw())
         except OSError:
             logger().debug("callhome: automatic CALL_HOME skipped", exc_info=True)
             self.due = time.time() + interval
