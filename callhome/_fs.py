@@ -9,7 +9,7 @@ import json
 import os
 import re
 
-__all__ = ["atomic_write", "default_root", "ensure_private_dir", "mtime_ns", "pid_alive", "product_dir", "publish_once",
+__all__ = ["atomic_write", "default_root", "ensure_private_dir", "fsync_dir", "mtime_ns", "pid_alive", "product_dir", "publish_once",
            "read_json", "unlink_quietly", "write_json"]
 
 
@@ -63,7 +63,11 @@ def _make_private_dirs(path: str) -> None:
 
 
 def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix."""
+    """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix.
+
+    ``fsync``: the new content and its name survive a power loss once this returns (the file,
+    then its directory, flushed to the device).
+    """
     tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -77,9 +81,26 @@ def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
     except BaseException:
         unlink_quietly(tmp)
         raise
+    if fsync:
+        fsync_dir(os.path.dirname(path))
 
 
-def publish_once(path: str, data: bytes) -> None:
+def fsync_dir(path: str) -> None:
+    """Make the names created or renamed in ``path`` survive a power loss (POSIX; a no-op where
+    directories cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(path or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish_once(path: str, data: bytes, fsync: bool = True) -> None:
     """Create ``path`` (mode 0600) holding ``data``, unless it exists: the first process wins.
 
     Written to a private temporary file and published with ``link()``, which fails when the
@@ -92,6 +113,8 @@ def publish_once(path: str, data: bytes) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         try:
@@ -100,6 +123,8 @@ def publish_once(path: str, data: bytes) -> None:
             pass
     finally:
         unlink_quietly(tmp)
+    if fsync:
+        fsync_dir(os.path.dirname(path))
 
 
 def read_json(path: str) -> dict:
@@ -112,8 +137,8 @@ def read_json(path: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def write_json(path: str, value: dict) -> None:
-    atomic_write(path, json.dumps(value, sort_keys=True).encode())
+def write_json(path: str, value: dict, fsync: bool = False) -> None:
+    atomic_write(path, json.dumps(value, sort_keys=True).encode(), fsync)
 
 
 def unlink_quietly(path: str) -> None:

@@ -193,11 +193,13 @@ class AggregateStore:
         intervals an emitted window is remembered, beyond which counts for it are ``late``.
     :param max_activities: distinct activities per window (overflow dropped as ``activities``).
     :param lock_timeout: default wait for the lock; every locked method takes ``timeout=`` too.
+    :param fsync: every merge and emission survives a power loss once it returns (``fsync=True``).
     """
 
     def __init__(self, directory: str, interval: float, grace: float | None = None, max_windows: int = 48,
-                 max_activities: int = 100, lock_timeout: float = LOCK_TIMEOUT) -> None:
+                 max_activities: int = 100, lock_timeout: float = LOCK_TIMEOUT, fsync: bool = False) -> None:
         self.directory = directory
+        self.fsync = fsync
         self.interval = _whole_seconds(interval)
         self.grace = default_grace(self.interval) if grace is None else max(float(grace), 0.0)
         self.max_windows = max(int(max_windows), 1)
@@ -306,7 +308,7 @@ class AggregateStore:
             totals[activity] = min(totals.get(activity, 0) + n, MAX_COUNT)
             added = True
         if added:
-            _write_json(path, state)
+            _write_json(path, state, self.fsync)
         return added
 
     # -- emitting --------------------------------------------------------------------------------
@@ -342,7 +344,7 @@ class AggregateStore:
             return []  # another process is emitting it right now
         if not sealed or sealed["by"] != self._owner:
             state["sealed"] = {"by": self._owner, "at": now}
-            _write_json(path, state)
+            _write_json(path, state, self.fsync)
         return [(start, activity, n) for activity, n in sorted(state["counts"].items())]
 
     def mark_emitted(self, window_starts: list, now: float, timeout: float | None = None) -> None:
@@ -474,12 +476,12 @@ def _group(partial: dict) -> dict:
     return by_window
 
 
-def _write_json(path: str, state: dict) -> None:
+def _write_json(path: str, state: dict, fsync: bool) -> None:
     import json
 
     from ._fs import atomic_write
 
-    atomic_write(path, json.dumps(state, sort_keys=True, separators=(",", ":")).encode())
+    atomic_write(path, json.dumps(state, sort_keys=True, separators=(",", ":")).encode(), fsync)
 
 
 def _unlink(path: str) -> None:

@@ -74,7 +74,7 @@ def save(product_dir: str, scope: str = "product", **fields: object) -> str:
     ensure_private_dir(os.path.dirname(path))
     saved = read_json(path)
     saved.update(fields, updated_at=int(time.time()))
-    atomic_write(path, _dump(saved))
+    atomic_write(path, _dump(saved), fsync=True)  # a person's decision must outlive a power loss
     return path
 
 

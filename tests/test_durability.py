@@ -457,6 +457,49 @@ def test_a_full_disk_is_tried_again_and_every_record_is_kept_or_counted(collecto
         assert end["dropped_total"] >= 2000 - end["delivered"], end
 
 
+FSYNC_HOST = """
+    import json, os
+    _real_fsync, synced = os.fsync, []
+
+    def _fsync(fd):
+        # which file or directory each fsync flushes (relative to the data dir)
+        synced.append(os.path.relpath(os.readlink("/proc/self/fd/%d" % fd), {state_dir!r}))
+        return _real_fsync(fd)
+
+    os.fsync = _fsync
+    import callhome
+    callhome.init({options})
+    callhome.start_session("fsync-session")
+    callhome.track("secondary1")
+    callhome.count("primary", 3)
+    callhome.flush(10)
+    callhome.end_session("fsync-session")
+    callhome.shutdown(1.0)
+    print(json.dumps(sorted(set(synced))))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="the fsync shim needs /proc/self/fd")
+@pytest.mark.parametrize("fsync", [True, False])
+def test_fsync_true_flushes_every_file_that_holds_accepted_data_and_its_directory(collector, state_dir, fsync):
+    options = host_options(collector, state_dir, fsync=fsync, sessions=True, aggregate_interval=1,
+                           heartbeat_interval=0.2)
+    host = run_host(FSYNC_HOST.format(state_dir=state_dir, options=options))
+    assert host.returncode == 0 and host.stderr == "", host.stderr
+    synced = json.loads(host.stdout)
+    product = PRODUCT + os.sep
+
+    def flushed(prefix: str) -> bool:
+        return any(path == product + prefix or path.startswith(product + prefix + os.sep) for path in synced)
+
+    wanted = ["queue-v1/ready", "aggregate-v1", "sessions"]
+    if fsync:
+        missing = [where for where in wanted if not flushed(where)]
+        assert missing == [], synced
+    else:  # the default: the OS writes back in its own time (what a power loss may take is documented)
+        assert not any(flushed(where) for where in wanted), synced
+
+
 # -- damaged queues ------------------------------------------------------------------------------
 
 def test_corrupt_queue_files_are_quarantined_and_good_records_flow(make_agent, collector, state_dir):

@@ -59,7 +59,8 @@ class AggregateEmitter:
         if self.store is None and directory and self.storage.durable:
             path = os.path.join(directory, "aggregate-v1")
             if self.state.counter is not None or os.path.isdir(path):
-                self.store = AggregateStore(path, self.state.config.aggregate_interval).open()
+                config = self.state.config
+                self.store = AggregateStore(path, config.aggregate_interval, fsync=config.fsync).open()
         return self.store
 
     def merge(self, timeout: float | None, final: bool = False) -> None:

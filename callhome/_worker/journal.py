@@ -43,7 +43,8 @@ def journal_path(directory: str, name: str) -> str:
     return os.path.join(directory, _JOURNAL_DIR, name + ".json")
 
 
-def write_journal(directory: str, name: str, beat: float, sessions: dict[str, tuple[str, float]]) -> bool:
+def write_journal(directory: str, name: str, beat: float, sessions: dict[str, tuple[str, float]],
+                  fsync: bool = False) -> bool:
     """Record this process's open sessions and its heartbeat; True if the journal existed before.
 
     A journal that vanished after we wrote it means another process thought we were dead and
@@ -53,7 +54,7 @@ def write_journal(directory: str, name: str, beat: float, sessions: dict[str, tu
     existed = os.path.exists(path)
     ensure_private_dir(os.path.dirname(path))
     write_json(path, {"pid": os.getpid(), "ns": pid_namespace(), "beat": beat,
-                      "sessions": {sid: [kind, start] for sid, (kind, start) in sessions.items()}})
+                      "sessions": {sid: [kind, start] for sid, (kind, start) in sessions.items()}}, fsync)
     return existed
 
 
@@ -170,7 +171,7 @@ class SessionJournal:
         version, open_sessions = current.snapshot()
         if not open_sessions and not self.active:
             return  # nothing to journal yet
-        existed = write_journal(directory, current.name, now, open_sessions)
+        existed = write_journal(directory, current.name, now, open_sessions, self.state.config.fsync)
         if self.active and not existed:
             current.restart_all(self.written_at)  # closed by another process at that heartbeat
         self.active, self.version, self.written_at = True, version, now
