@@ -122,6 +122,11 @@ class Agent:
             self._closed = False
             self._set_handoff()
         self.state.problems.extend(config.problems)
+        if config.problems:  # a misspelt option, a bad value: said once per init(), to a logger the host may show
+            from ._log import logger
+
+            for problem in config.problems:
+                logger().warning("callhome: %s", problem)
         if not (decision.enabled or config.debug):
             return
         if config.capture_exceptions and not self._hooks_installed:

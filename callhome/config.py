@@ -141,18 +141,20 @@ def resolve(kwargs: dict, environ: os._Environ | dict | None = None) -> Config:
     A bad environment value is recorded in ``Config.problems`` and ignored, even under
     ``strict``: whoever runs the product must not be able to crash it.
 
+    An option that does not exist (a misspelling) is ignored and named in ``problems`` with the
+    nearest valid name; everything else still applies.
+
     :raises ValueError: for a bad argument when ``strict=True``, or a missing ``product_id``.
-    :raises TypeError: for an option that does not exist.
+    :raises TypeError: for an option that does not exist, when ``strict=True``.
     """
     environ = os.environ if environ is None else environ
     strict = bool(kwargs.get("strict", False))
-    unknown = set(kwargs) - set(_OPTIONS) - {"product_id"}
-    if unknown:
-        raise TypeError(f"init() got unexpected options: {', '.join(sorted(unknown))}")
     product_id = kwargs.get("product_id")
     if not isinstance(product_id, str) or not product_id.strip():
         raise ValueError("product_id is required: a non-empty string such as 'acme-cli'")
-    problems: list[str] = []
+    problems: list[str] = [_unknown(name) for name in sorted(set(kwargs) - set(_OPTIONS) - {"product_id"}, key=str)]
+    if problems and strict:
+        raise TypeError("; ".join(problems))
     values: dict = {"product_id": product_id.strip(), "problems": problems}
     for name, (default, env_names, kind) in _OPTIONS.items():
         values[name] = _resolve_one(name, kwargs, environ, default, env_names, kind, problems, strict)
@@ -179,6 +181,15 @@ def _resolve_one(name: str, kwargs: dict, environ, default, env_names, kind, pro
             return parsed
         problems.append(_invalid(f"{env_name}={raw!r}", kind))
     return default
+
+
+def _unknown(name: object) -> str:
+    """A problem naming an option that does not exist, and the one probably meant."""
+    import difflib  # only for a mistake: not on the way of every init()
+
+    close = difflib.get_close_matches(str(name), [*_OPTIONS, "product_id"], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"init() got an unknown option {str(name)[:64]!r}{hint}; it is ignored"
 
 
 _BAD = object()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -213,10 +214,28 @@ def test_product_id_is_trimmed():
     assert resolve({"product_id": "  acme  "}, {}).product_id == "acme"
 
 
-@pytest.mark.parametrize("options", [{"api_keys": "x"}, {"flushinterval": 1}, {"Debug": True}])
-def test_unknown_option_is_a_type_error(options):
-    with pytest.raises(TypeError):
-        resolve(dict(options, product_id="p"), {})
+@pytest.mark.parametrize("option, meant", [("api_keys", "api_key"), ("flushinterval", "flush_interval"),
+                                           ("Debug", "debug"), ("endpont", "endpoint"),
+                                           ("product_versoin", "product_version"), ("zzz", None)])
+def test_an_unknown_option_is_ignored_named_with_the_nearest_one_and_a_type_error_when_strict(option, meant):
+    config = resolve({"product_id": "p", option: "x", "domain": "acme.example"}, {})
+    assert config.domain == "acme.example"  # everything else applies
+    (problem,) = config.problems
+    assert repr(option) in problem and "ignored" in problem
+    assert (f"did you mean {meant!r}" in problem) if meant else "did you mean" not in problem
+    with pytest.raises(TypeError, match=option):
+        resolve({"product_id": "p", option: "x", "strict": True}, {})
+
+
+def test_a_misspelt_option_leaves_telemetry_on_and_says_so(make_agent, collector, caplog):
+    with caplog.at_level(logging.WARNING, logger="callhome"):
+        agent = make_agent(endpont="https://typo.example")
+    status = agent.status()
+    assert status["enabled"] is True, status
+    assert any("'endpont'" in p and "did you mean 'endpoint'" in p for p in status["problems"]), status["problems"]
+    assert sum("'endpont'" in record.getMessage() for record in caplog.records) == 1
+    event_id = agent.track("secondary1")
+    assert agent.flush(10) and collector.store.count() >= 1 and event_id
 
 
 @pytest.mark.parametrize("endpoint, expected", [
