@@ -91,8 +91,8 @@ _OPTIONS = {
     "endpoint": (DEFAULT_ENDPOINT, ("CALLHOME_ENDPOINT",), "endpoint"),
     "environment": ("PRODUCTION", ("CALLHOME_ENVIRONMENT",), None),
     "source": ("TELEMETRY", (), "source"),
-    "domain": (None, ("CALLHOME_DOMAIN",), None),
-    "ip_addr": (None, ("CALLHOME_IP_ADDR",), None),
+    "domain": (None, ("CALLHOME_DOMAIN",), "domain"),
+    "ip_addr": (None, ("CALLHOME_IP_ADDR",), "ip"),
     "relay": (False, ("CALLHOME_RELAY",), "bool"),
     "product_version": (None, (), None),
     "product_build": (None, (), None),
@@ -198,7 +198,9 @@ _HINTS = {"endpoint": "use https://, or http:// only to a loopback address, with
           "count": "use a whole number > 0", "bool": "use true or false",
           "consent": "use 'opt-out' or 'opt-in'", "interval": "use seconds from 1 to 31 days",
           "modes": "use {activity: 'single' | 'aggregate' | 'both'}",
-          "sender": "use 'auto', 'process' or 'thread'"}
+          "sender": "use 'auto', 'process' or 'thread'",
+          "domain": "use the company's domain name, such as acme.example; records wait for a valid one",
+          "ip": "use an IPv4 or IPv6 address; records wait for a valid one"}
 
 
 def _invalid(what: str, kind: str | None) -> str:
@@ -233,9 +235,33 @@ def _parse(value: object, kind: str | None) -> object:
         if kind == "sender":
             mode = str(value).strip().lower()
             return mode if mode in ("auto", "process", "thread") else _BAD
+        if kind == "domain":
+            return _domain(str(value))
+        if kind == "ip":
+            import ipaddress  # only for a host that sends an address
+
+            return str(ipaddress.ip_address(str(value).strip()))
     except (TypeError, ValueError):
         pass
     return _BAD
+
+
+def _domain(value: str) -> object:
+    """A domain name, lower case, without a trailing dot. What has one obvious meaning is read
+    as its host: a URL (``https://acme.example/path``), an e-mail address, a ``host:port``."""
+    host = value.strip()
+    host = host.partition("://")[2] if "://" in host else host
+    host = host.split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0].lower().rstrip(".")
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")  # UnicodeError is a ValueError: refused
+    labels = host.split(".")
+    if len(host) > 253 or len(labels) < 2 or labels[-1].isdigit() or not all(map(_is_label, labels)):
+        return _BAD  # one label, an IP address, a character a host name cannot have
+    return host
+
+
+def _is_label(label: str) -> bool:
+    return 0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-" and label.replace("-", "").isalnum()
 
 
 _FALSE = ("", "0", "false", "no", "off", "n", "f", "disabled", "disable")

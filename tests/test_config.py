@@ -8,6 +8,7 @@ import os
 import pytest
 
 from callhome.config import DEFAULT_ENDPOINT, ENV, Config, env_flag, resolve
+from callhome.schema import validate
 
 # Every option of init() and the value resolve() gives it when nothing is set (docs/configuration.md).
 DEFAULTS = {
@@ -327,3 +328,37 @@ def test_repr_never_shows_the_api_key():
 ])
 def test_env_flag(raw, expected):
     assert env_flag(raw) is expected
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("acme.example", "acme.example"), ("https://acme.example/path?q=1", "acme.example"),
+    ("ACME.Example.", "acme.example"), ("dev@acme.example", "acme.example"), ("acme.example:8443", "acme.example"),
+    ("bücher.example", "xn--bcher-kva.example"),
+    ("not-a-domain", None), ("1.2.3.4", None), ("a..b", None), ("-a.example", None), ("a_b.example", None),
+    ("x" * 64 + ".example", None), ("https://", None), ("acme example", None),
+])
+def test_domain_is_normalised_or_refused_and_what_is_kept_passes_the_schema(given, kept):
+    config = resolve({"product_id": "p", "domain": given}, {})
+    assert config.domain == kept
+    assert bool(config.problems) is (kept is None), config.problems
+    if kept:
+        payload = {"activity_type": "x", "product_id": "p", "source": "TELEMETRY", "domain": kept}
+        assert [e.message for e in validate(payload, "usage") if e.field == "domain"] == []
+
+
+@pytest.mark.parametrize("given, kept", [("10.0.0.1", "10.0.0.1"), (" 2001:DB8::1 ", "2001:db8::1"), ("::1", "::1"),
+                                         ("not-an-ip", None), ("999.1.1.1", None), ("10.0.0.1/8", None)])
+def test_ip_addr_is_normalised_or_refused(given, kept):
+    config = resolve({"product_id": "p", "ip_addr": given}, {})
+    assert config.ip_addr == kept
+    assert bool(config.problems) is (kept is None), config.problems
+
+
+def test_a_refused_domain_holds_records_and_says_why(make_agent, collector):
+    agent = make_agent(domain="https://")
+    agent.track("secondary1")
+    agent.flush(1)
+    status = agent.status()
+    assert status["state"].startswith("held"), status["state"]
+    assert any("domain=" in problem for problem in status["problems"]), status["problems"]
+    assert collector.app.requests.total == 0
