@@ -48,7 +48,7 @@ class Config:
         "send_in_ci", "env_prefix", "optout_env", "consent", "cli_command", "aggregate_interval",
         "activity_modes", "max_buffer", "max_buffer_bytes", "max_queue_events",
         "max_queue_bytes", "max_age", "max_attempts", "max_event_bytes", "fsync",
-        "sender", "sender_idle_timeout", "sender_lifetime", "problems",
+        "sender", "sender_idle_timeout", "sender_lifetime", "problems", "endpoint_refused",
     )
 
     def __init__(self, **values: object) -> None:
@@ -156,11 +156,36 @@ def resolve(kwargs: dict, environ: os._Environ | dict | None = None) -> Config:
     if problems and strict:
         raise TypeError("; ".join(problems))
     values: dict = {"product_id": product_id.strip(), "problems": problems}
+    refused = _refused_endpoint(kwargs, environ)
+    if refused and strict and kwargs.get("endpoint") is not None:
+        raise ValueError(refused[1])
     for name, (default, env_names, kind) in _OPTIONS.items():
+        if name == "endpoint" and refused:
+            values[name] = refused[0]
+            problems.append(refused[1])
+            continue
         values[name] = _resolve_one(name, kwargs, environ, default, env_names, kind, problems, strict)
     values["debug"] = values["debug"] or env_flag(environ.get("CALLHOME_DEBUG"))
     values["data_dir"] = os.path.expanduser(values["data_dir"]) if values["data_dir"] else None
+    values["endpoint_refused"] = refused[1] if refused else None
     return Config(**values)
+
+
+def _refused_endpoint(kwargs: dict, environ) -> tuple | None:
+    """``(endpoint as given, why nothing is sent)`` when the endpoint that applies is refused.
+
+    Never the default in its place: an operator who meant to keep the data in-house (a plain
+    ``http://`` collector on the network, a typo) must not have it sent to a third party.
+    """
+    given = kwargs.get("endpoint")
+    where = "argument endpoint"
+    if given is None:
+        where, given = next(((name, environ.get(name)) for name in _OPTIONS["endpoint"][1]
+                             if (environ.get(name) or "").strip()), (where, None))
+    if given is None or _parse(given, "endpoint") is not _BAD:
+        return None
+    shown = str(given).strip()[:200]
+    return shown, f"{where}={shown!r} was refused ({_HINTS['endpoint']}): nothing is sent"
 
 
 def _resolve_one(name: str, kwargs: dict, environ, default, env_names, kind, problems, strict):

@@ -68,6 +68,8 @@ def decide(config: Config, environ: os._Environ | dict | None = None, choices: d
     environ = os.environ if environ is None else environ
     if not config.enabled:
         return Decision(False, "disabled by the host application (enabled=False)")
+    if config.endpoint_refused:
+        return Decision(False, config.endpoint_refused)
     for name in (*OPT_OUT_VARIABLES, product_variable(config), *config.optout_env):
         if env_flag(environ.get(name)):
             return Decision(False, f"disabled by {name}={environ.get(name, '').strip()}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 import pytest
+from conftest import host_options, run_host
 
 from callhome.config import DEFAULT_ENDPOINT, ENV, Config, env_flag, resolve
+from callhome.optout import decide
 from callhome.schema import validate
 
 # Every option of init() and the value resolve() gives it when nothing is set (docs/configuration.md).
@@ -99,7 +102,9 @@ ARGUMENTS = {
 
 def test_every_option_has_its_default():
     cfg = resolve({"product_id": "acme-cli"}, {})
-    assert set(DEFAULTS) | {"product_id", "problems"} == set(Config.__slots__), "an option has no default test"
+    assert set(DEFAULTS) | {"product_id", "problems", "endpoint_refused"} == set(Config.__slots__), \
+        "an option has no default test"
+    assert cfg.endpoint_refused is None
     assert {name: getattr(cfg, name) for name in DEFAULTS} == DEFAULTS
     assert cfg.product_id == "acme-cli"
     assert cfg.problems == []
@@ -157,9 +162,6 @@ def test_data_dir_expands_the_home_directory():
     ("CALLHOME_CALL_HOME_INTERVAL", "1e12"),
     ("CALLHOME_TIMEOUT", "5s"),
     ("CALLHOME_TIMEOUT", "\u0665\u0666x"),
-    ("CALLHOME_ENDPOINT", "http://ingest.reo.dev"),
-    ("CALLHOME_ENDPOINT", "ftp://example.com"),
-    ("CALLHOME_ENDPOINT", "https://example.com/api/product/usage"),
 ])
 def test_bad_environment_value_falls_back_and_is_recorded(variable, raw):
     cfg = resolve({"product_id": "p"}, {variable: raw})  # never raises, even with strict
@@ -178,8 +180,6 @@ BAD_ARGUMENTS = [
     ("max_buffer", 0),
     ("max_queue_events", "many"),
     ("max_attempts", -3),
-    ("endpoint", "http://example.com"),
-    ("endpoint", "https://example.com/path"),
     ("source", "WEB"),
 ]
 
@@ -267,12 +267,34 @@ def test_endpoint_accepted(endpoint, expected):
     "ftp://ingest.reo.dev",
     "https://",
 ])
-def test_endpoint_refused(endpoint):
-    cfg = resolve({"product_id": "p", "endpoint": endpoint}, {})
-    assert cfg.endpoint == DEFAULT_ENDPOINT
-    assert any("endpoint" in p for p in cfg.problems)
+def test_a_refused_endpoint_sends_nothing_rather_than_to_the_default(endpoint):
+    """An operator who meant to keep data in-house (a plain-http collector on the network, a
+    typo) must not have it sent to Reo instead: the agent is off, and says why."""
+    for cfg in (resolve({"product_id": "p", "endpoint": endpoint}, {}),
+                resolve({"product_id": "p"}, {"CALLHOME_ENDPOINT": endpoint}),
+                resolve({"product_id": "p", "endpoint": endpoint}, {"CALLHOME_ENDPOINT": "https://fine.example"})):
+        assert cfg.endpoint != DEFAULT_ENDPOINT and cfg.endpoint_refused
+        decision = decide(cfg, environ={})
+        assert decision.enabled is False and "nothing is sent" in decision.reason
+        assert any("endpoint" in p.lower() and "refused" in p for p in cfg.problems)
     with pytest.raises(ValueError):
         resolve({"product_id": "p", "endpoint": endpoint, "strict": True}, {})
+    # an environment value never raises, even with strict: whoever runs the product cannot crash it
+    assert resolve({"product_id": "p", "strict": True}, {"CALLHOME_ENDPOINT": endpoint}).endpoint_refused
+
+
+def test_a_host_whose_endpoint_is_refused_creates_nothing_and_sends_nothing(collector, state_dir):
+    host = run_host(f"""
+        import json, callhome
+        callhome.init({host_options(collector, state_dir, endpoint="http://collector.internal:8765")})
+        callhome.track("secondary1")
+        print(json.dumps(callhome.status()))
+    """)
+    assert host.returncode == 0 and host.stderr == "", host.stderr
+    status = json.loads(host.stdout)
+    assert status["enabled"] is False and "collector.internal" in status["reason"], status
+    assert not os.path.exists(state_dir) or os.listdir(state_dir) == []
+    assert collector.app.requests.total == 0
 
 
 @pytest.mark.parametrize("source, expected", [
