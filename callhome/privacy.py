@@ -174,11 +174,16 @@ def salted_hash(value: object, salt_dir: str | None = None, *, product_id: str |
     first use (random 32 bytes, mode 0600, atomically). When there is no product, when telemetry
     is off for it (nothing may be written then), in CI, or when the disk refuses the file, the salt
     is kept in memory for this process only: hashes are then stable within the process alone.
+    So is it for a ``salt_dir``, ``product_id`` or ``data_dir`` that is not a usable path or name.
     Never raises.
     """
     import hashlib
 
-    return hashlib.sha256(_salt(salt_dir, product_id, data_dir) + _as_bytes(value)).hexdigest()
+    try:
+        salt = _salt(salt_dir, product_id, data_dir)
+    except Exception:  # arguments that are not paths or names (a number, a list, a NUL, a lone surrogate)
+        salt = _process_salt()
+    return hashlib.sha256(salt + _as_bytes(value)).hexdigest()
 
 
 def _as_bytes(value: object) -> bytes:

@@ -197,6 +197,17 @@ def test_salted_hash_never_raises(tmp_path, value):
     assert len(salted_hash(value, str(tmp_path))) == 64
 
 
+_NOT_PATHS = [123, 1.5, True, float("nan"), b"/bytes/path", ["a"], {"a": 1}, {1}, object(), _BadStr(), "\ud800",
+              "a\x00b", "x" * 100000, "/proc/self/mem", "\n", ""]
+
+
+@pytest.mark.parametrize("where", ["salt_dir", "product_id", "data_dir"])
+def test_salted_hash_never_raises_on_arguments_that_are_not_paths_or_names(tmp_path, where):
+    for bad in _NOT_PATHS:
+        digest = salted_hash("value", **{where: bad})
+        assert len(digest) == 64 and digest == salted_hash("value", **{where: bad}), bad
+
+
 def test_salted_hash_defaults_to_the_product_given_to_init(state_dir):
     done = run_host(f"""
         import json, callhome
