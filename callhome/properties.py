@@ -46,9 +46,9 @@ def license_fields(license_type: object, flags: dict, key: object, secret: str |
         if text:
             fields["license_type"] = text.lower()
     for name in _LICENSE_FLAGS:
-        value = flags.get(name)
+        value = _flag(flags.get(name), name, problems)
         if value is not None:
-            fields["license_" + name] = bool(value)
+            fields["license_" + name] = value
     if key is not None:
         if not secret:
             problems.append("license key not sent: set license_secret in init() to send it as an HMAC")
@@ -59,6 +59,25 @@ def license_fields(license_type: object, flags: dict, key: object, secret: str |
             fields["license_key_hmac"] = hmac.new(secret.encode("utf-8"), str(key).strip().encode("utf-8"),
                                                   hashlib.sha256).hexdigest()
     return fields
+
+
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _flag(value: object, name: str, problems: list) -> bool | None:
+    """A license flag: a bool, 0/1, or true/false/yes/no; None and Revenera's -1 leave it
+    unchanged. Anything else is refused (``bool("false")`` is True: no guessing)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if type(value) is int and value in (-1, 0, 1):
+        return None if value == -1 else bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS + ("-1",):
+        word = value.strip().lower()
+        return None if word == "-1" else word in _TRUE_WORDS
+    shown = repr(value)[:40] if isinstance(value, (str, int, float)) else f"<{type(value).__name__}>"
+    problems.append(f"set_license({name}={shown}) ignored: use True/False, 1/0 (-1: unchanged) or "
+                    "'true'/'false'/'yes'/'no'")
+    return None
 
 
 def detected(is_ci: bool) -> dict:

@@ -265,3 +265,34 @@ def test_debug_mode_prints_the_session_with_its_properties_and_sends_nothing(col
     assert KEY not in host.stderr
     assert collector.store.count() == 0
     assert not os.path.exists(state_dir), "debug mode wrote to disk"
+
+
+@pytest.mark.parametrize("given, sent", [
+    (True, True), (False, False), (1, True), (0, False), ("true", True), (" No ", False), ("yes", True),
+    ("FALSE", False), ("1", True), ("0", False),
+])
+def test_a_license_flag_is_read_as_written(make_agent, given, sent):
+    agent = make_agent()
+    agent.set_license(expired=True)
+    agent.set_license(expired=given)
+    assert agent.state.properties["license_expired"] is sent
+    assert agent.status()["problems"] == []
+
+
+@pytest.mark.parametrize("given", [-1, "-1", None])
+def test_minus_one_and_none_leave_a_license_flag_unchanged(make_agent, given):
+    agent = make_agent()
+    agent.set_license(expired=True)
+    agent.set_license(expired=given)
+    assert agent.state.properties["license_expired"] is True and agent.status()["problems"] == []
+
+
+@pytest.mark.parametrize("given", ["maybe", 2, -2, 1.0, 0.5, float("nan"), [], {}, b"true", object()])
+def test_a_license_flag_that_means_nothing_is_refused_and_named(make_agent, given):
+    agent = make_agent()
+    agent.set_license(expired=False)
+    agent.set_license(expired=given)
+    assert agent.state.properties["license_expired"] is False, "guessed a meaning"
+    assert any("set_license(expired=" in p for p in agent.status()["problems"]), agent.status()["problems"]
+    with pytest.raises(ValueError):
+        make_agent(strict=True).set_license(expired=given)
