@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import _thread  # not threading, nor typing: each costs a host's import milliseconds
 
-from .buffer import Buffer, Counters, Waker, deque
+from .buffer import Buffer, Counters, Waker
 from .config import Config
 from .optout import Decision
 from .sessions import Sessions
@@ -17,7 +17,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, as mypy reads it, without importi
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-__all__ = ["HostPort", "HostState"]
+__all__ = ["HostPort", "HostState", "Problems"]
 
 
 class HostState:
@@ -44,7 +44,38 @@ class HostState:
         #: held while records taken from the buffer are being written: exit waits for it
         self.persist_lock = _thread.allocate_lock()
         #: the host's latest mistakes, for ``status()`` (the worker adds what it finds in raw calls)
-        self.problems: deque = deque(maxlen=20)
+        self.problems = Problems()
+
+
+class Problems:
+    """What ``status()["problems"]`` lists: each distinct problem once, the latest ``limit``.
+
+    A mistake repeated on every call (a ``user_id`` without its type) is one entry, and cannot
+    push the others out. Dict operations are atomic: the host's threads and the worker add
+    without a lock.
+    """
+
+    def __init__(self, limit: int = 20) -> None:
+        self.limit = limit
+        self._seen: dict = {}
+
+    def append(self, problem: str) -> None:
+        seen = self._seen
+        if problem in seen:
+            return
+        seen[problem] = None
+        while len(seen) > self.limit:
+            seen.pop(next(iter(seen)), None)
+
+    def extend(self, problems) -> None:
+        for problem in problems:
+            self.append(problem)
+
+    def __iter__(self):
+        return iter(list(self._seen))
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class HostPort:

@@ -185,12 +185,13 @@ def clean_user(user_id: object, user_id_type: object, problems: list) -> tuple[s
     if user_id is None and user_id_type is None:
         return None
     if not isinstance(user_id, str) or not user_id.strip() or not isinstance(user_id_type, str):
-        problems.append("user_id and user_id_type must be given together as strings; both dropped")
+        problems.append("user_id and user_id_type must be given together as strings (user_id_type one of "
+                        f"{', '.join(USER_ID_TYPES)}); the event is sent without them")
         return None
     kind = user_id_type.strip().upper()
     if kind not in USER_ID_TYPES:
         problems.append(f"user_id_type {user_id_type[:40]!r} is not one of {', '.join(USER_ID_TYPES)}; "
-                        "user fields dropped")
+                        "the event is sent without user_id")
         return None
     return _one_line(user_id, MAX_STRING), kind
 

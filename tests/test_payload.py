@@ -497,3 +497,16 @@ def test_debug_off_prints_nothing(collector, state_dir):
 def test_no_float_is_nan_on_the_wire(send):
     payload, _ = send(meta={"a": float("nan"), "b": 1.5})
     assert not any(isinstance(v, float) and math.isnan(v) for v in payload["meta"].values())
+
+
+def test_a_user_id_without_a_valid_type_keeps_the_event_and_is_named_once_per_cause(make_agent, collector):
+    agent = make_agent(endpont="typo")  # a problem of its own, which the repeated ones must not push out
+    ids = [agent.track("secondary1", user_id="dev@example.com") for _ in range(50)]
+    ids += [agent.track("secondary1", user_id="dev@example.com", user_id_type="PHONE") for _ in range(50)]
+    payloads = delivered(agent, collector, *ids)
+    assert all("user_id" not in p and "user_id_type" not in p for p in payloads)
+    problems = agent.status()["problems"]
+    about_users = [p for p in problems if "user_id" in p]
+    assert len(about_users) == 2, problems
+    assert all("EMAIL" in p and "sent without" in p for p in about_users), about_users
+    assert any("endpont" in p for p in problems), problems
