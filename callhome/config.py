@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_ENDPOINT", "ENV", "Config", "env_flag", "resolve"]
+__all__ = ["DEFAULT_ENDPOINT", "ENV", "Config", "env_flag", "resolve", "unknown_options"]
 
 DEFAULT_ENDPOINT = "https://ingest.reo.dev"
 
@@ -152,7 +152,7 @@ def resolve(kwargs: dict, environ: os._Environ | dict | None = None) -> Config:
     product_id = kwargs.get("product_id")
     if not isinstance(product_id, str) or not product_id.strip():
         raise ValueError("product_id is required: a non-empty string such as 'acme-cli'")
-    problems: list[str] = [_unknown(name) for name in sorted(set(kwargs) - set(_OPTIONS) - {"product_id"}, key=str)]
+    problems = unknown_options(kwargs)
     if problems and strict:
         raise TypeError("; ".join(problems))
     values: dict = {"product_id": product_id.strip(), "problems": problems}
@@ -206,6 +206,11 @@ def _resolve_one(name: str, kwargs: dict, environ, default, env_names, kind, pro
             return parsed
         problems.append(_invalid(f"{env_name}={raw!r}", kind))
     return default
+
+
+def unknown_options(options: dict) -> list[str]:
+    """A problem for each option ``init()`` does not have, naming the one probably meant."""
+    return [_unknown(name) for name in sorted(set(options) - set(_OPTIONS) - {"product_id"}, key=str)]
 
 
 def _unknown(name: object) -> str:

@@ -19,9 +19,12 @@ class _Host:
         self.product_id = product_id
         self.options = {k: v for k, v in options.items() if v is not None}
         if product_id is not None:
-            from ..config import resolve
+            from ..config import resolve, unknown_options
 
-            resolve(dict(self.options, product_id=product_id))  # a wrong option fails at integration
+            unknown = unknown_options(self.options)
+            if unknown:  # a wrong option fails at integration, not when a person runs the verb
+                raise TypeError("; ".join(unknown))
+            resolve(dict(self.options, product_id=product_id))
 
     def prog(self) -> str | None:
         if self.product_id is None:
