@@ -181,7 +181,7 @@ def test_log_shows_the_last_sends(sent, state_dir):
 
 # -- enable / disable --------------------------------------------------------------------------
 def test_enable_records_consent_and_warns_when_the_environment_wins(state_dir):
-    done = verb(state_dir, "enable", "--json", env={"DO_NOT_TRACK": "1"})
+    done = verb(state_dir, "enable", "--json", "--force", env={"DO_NOT_TRACK": "1"})  # before its first run
     assert done.returncode == 0
     assert "warning:" in done.stderr and "DO_NOT_TRACK=1" in done.stderr
     report = json.loads(done.stdout)
@@ -224,7 +224,7 @@ BACKLOG_AGAIN = """
 def test_global_disable_wins_over_a_product_enable(state_dir):
     done = cli("disable", "--global", "--dir", state_dir)  # no --product needed
     assert done.returncode == 0 and f"Saved to {os.path.join(state_dir, 'choices.json')}" in done.stdout
-    enabled = verb(state_dir, "enable")
+    enabled = verb(state_dir, "enable", "--force")
     assert "run `enable --global`" in enabled.stderr
     assert verb_json(state_dir, "status")["enabled"] is False
     assert cli("enable", "--global", "--dir", state_dir).returncode == 0
@@ -390,3 +390,13 @@ def test_main_runs_the_verbs_for_any_framework(state_dir, capsys):
 def test_bad_usage_of_the_new_verbs_exits_2(args):
     done = cli(*args)
     assert done.returncode == 2 and "usage:" in done.stderr and done.stdout == ""
+
+
+def test_enable_or_disable_of_a_product_that_never_ran_here_is_refused_and_names_those_that_did(state_dir):
+    os.makedirs(product_path(state_dir))  # the real product ran here; the command has a typo
+    typo = cli("disable", "--product", PRODUCT.replace("-", "_"), "--dir", state_dir)
+    assert typo.returncode == 1 and typo.stdout == "", typo.stdout
+    assert "never run" in typo.stderr and PRODUCT in typo.stderr and "--force" in typo.stderr
+    assert sorted(os.listdir(state_dir)) == [os.path.basename(product_path(state_dir))], "something was saved"
+    ahead = cli("disable", "--product", "not-yet-run", "--dir", state_dir, "--force")  # opting out ahead
+    assert ahead.returncode == 0 and "telemetry is off for not-yet-run" in ahead.stdout

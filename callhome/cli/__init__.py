@@ -80,6 +80,8 @@ def _verbs() -> tuple:
     scope = (("--global",), dict(dest="ch_global", action="store_true",
                                  help="for every product on this account, not just this one"))
     yes = (("--yes", "-y"), dict(dest="ch_yes", action="store_true", help="do not ask for confirmation"))
+    force = (("--force",), dict(dest="ch_force", action="store_true",
+                                help="act even if the product has never run on this machine (no typo check)"))
     return (
         ("status", (), status.status,
          "whether telemetry is on and why; paths, id, queue, last send (default)", ()),
@@ -88,9 +90,9 @@ def _verbs() -> tuple:
         ("flush", (), flush.flush, "deliver the queued backlog now", (timeout,)),
         ("log", (), status.log, "the last requests sent (the local sent log)", (count,)),
         ("enable", ("on",), consent.enable,
-         "allow telemetry (records consent; an environment opt-out still wins)", (scope,)),
+         "allow telemetry (records consent; an environment opt-out still wins)", (scope, force)),
         ("disable", ("off",), consent.disable,
-         "turn telemetry off and delete the installation id and the queue", (scope,)),
+         "turn telemetry off and delete the installation id and the queue", (scope, force)),
         ("reset-id", (), consent.reset_id, "delete the installation id; the next run creates a new one", ()),
         ("forget", (), consent.forget, "delete all local state of the product", (yes,)),
         ("env", (), env.env, "every environment variable callhome reads, its value and meaning", ()),
@@ -152,10 +154,27 @@ def _run(host: _Host, verb, parser: argparse.ArgumentParser, args: argparse.Name
     if not product_id and not getattr(args, "ch_global", False):
         parser.error("--product ID is required (or set CALLHOME_PRODUCT)")
     try:
-        return verb(_Target(host, product_id, args), args)
+        target = _Target(host, product_id, args)
+        if _unknown_product(target, args):
+            return 1
+        return verb(target, args)
     except OSError as exc:  # a read-only or foreign state directory: say so, no traceback
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 1
+
+
+def _unknown_product(target: _Target, args: argparse.Namespace) -> bool:
+    """``enable``/``disable`` typed for a product that never ran here (a typo, ``acme_cli`` for
+    ``acme-cli``): say so and name those that did, rather than report a success that changes nothing.
+    A host's own ``telemetry`` command cannot mistype its product: it is never checked."""
+    if (target.embedded or not target.directory or getattr(args, "ch_force", True) or getattr(args, "ch_global", False)
+            or os.path.isdir(target.directory)):
+        return False
+    known = consent.product_names(target.root)
+    print(f"{target.product_id!r} has never run callhome on this machine (nothing in {target.root}). "
+          + (f"Products that have: {', '.join(known)}. " if known else "No product has. ")
+          + "Use --force to act anyway (to opt out ahead of its first run).", file=sys.stderr)
+    return True
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -85,6 +85,11 @@ def _environment_veto(target: _Target) -> str | None:
     return "CI detected" if detect_ci(os.environ) else None
 
 
+def product_names(root: str) -> list:
+    """The products with state under ``root``, as their directories are named."""
+    return [os.path.basename(path) for path in _product_dirs(root)]
+
+
 def _product_dirs(root: str) -> list:
     try:
         names = sorted(os.listdir(root))
