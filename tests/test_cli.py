@@ -124,3 +124,33 @@ def test_bad_usage_exits_2(args):
     assert done.returncode == 2
     assert "usage:" in done.stderr
     assert done.stdout == ""
+
+
+# -- rough edges -------------------------------------------------------------------------------
+def test_version_and_a_bad_port_are_answered_without_a_traceback():
+    import callhome
+
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"callhome {callhome.__version__}"
+    port = cli("collector", "--port", "99999")
+    assert port.returncode == 2 and "not a port" in port.stderr and "Traceback" not in port.stderr
+
+
+def test_preview_into_a_pipe_closed_early_is_quiet(collector, state_dir):
+    """``callhome preview | head -1``: the reader leaves after one line; no "Broken pipe", exit 0."""
+    collector.app.fail_all(503)
+    options = host_options(collector, state_dir, exit_timeout=0.2, sender="thread")
+    assert run_host(BACKLOG_HOST.replace("range(3)", "range(3000)").format(options=options)).returncode == 0
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    reader = subprocess.Popen([sys.executable, "-m", "callhome", "preview", "--product", PRODUCT, "--dir", state_dir,
+                               "-n", "3000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.readline()
+    reader.stdout.close()  # what head does after its line
+    _, stderr = reader.communicate(timeout=30)
+    assert reader.returncode == 0 and stderr == b"", stderr
+
+
+def test_report_takes_product_and_json_like_every_verb(state_dir):
+    for flag in ("--product", "--application"):
+        done = cli("report", "CURRENT_MAU", flag, PRODUCT, "--json", "--dir", state_dir)
+        assert done.returncode == 0 and json.loads(done.stdout)["status"] == "OK", (flag, done.stderr)

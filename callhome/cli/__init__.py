@@ -36,6 +36,9 @@ def main(argv: list | None = None, product_id: str | None = None, **init_options
     """
     host = _Host(product_id, init_options)
     parser = argparse.ArgumentParser(prog=host.prog(), description="See and control what callhome sends.")
+    from .._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"callhome {__version__}")
     verbs = _mount(parser, host)
     if product_id is None:
         _add_own_commands(verbs)
@@ -158,9 +161,23 @@ def _run(host: _Host, verb, parser: argparse.ArgumentParser, args: argparse.Name
         if _unknown_product(target, args):
             return 1
         return verb(target, args)
+    except BrokenPipeError:  # `callhome preview | head`: the reader has what it wanted
+        _quiet_stdout()
+        return 0
     except OSError as exc:  # a read-only or foreign state directory: say so, no traceback
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 1
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at devnull: flushing what is left into a closed pipe at exit would print an error."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _unknown_product(target: _Target, args: argparse.Namespace) -> bool:

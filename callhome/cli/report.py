@@ -11,7 +11,10 @@ from ._target import _Host, _Target
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="CURRENT_MAU or USERS_IN_PAST_DAYS (any case)")
-    parser.add_argument("--application", required=True, metavar="ID", help="the product id")
+    parser.add_argument("--product", "--application", dest="application", required=True, metavar="ID",
+                        help="the product id (--application: the name PowerAuth's reports use)")
+    parser.add_argument("--json", dest="ch_json", action="store_true", default=argparse.SUPPRESS,
+                        help="accepted as on every verb: the report is always one JSON document")
     parser.add_argument("--days", type=int, metavar="N", help="USERS_IN_PAST_DAYS: 1..365 days back")
     parser.add_argument("--identity", choices=("user", "install"),
                         help="count user ids with installation ids for anonymous events (user, the "

@@ -178,11 +178,22 @@ def _log_to_stderr(level: int) -> None:
     logger.setLevel(level)
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: a usage error, not a traceback from ``bind()``."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return port
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``collector`` command's options to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: %(default)s, this machine only)")
-    parser.add_argument("--port", type=int, default=8765, help="TCP port (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=8765, help="TCP port, 0 to 65535 (default: %(default)s)")
     parser.add_argument("--db", default="callhome-events.sqlite3",
                         help="SQLite database file, or :memory: (default: %(default)s)")
     parser.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
