@@ -17,18 +17,36 @@ __all__ = ["is_terminal", "notice_text"]
 
 
 def notice_text(config: Config, state_dir: str | None = None) -> str:
-    """The notice for this product, as printed (several lines, no trailing newline)."""
+    """The notice for this product and configuration, as printed (several lines, no trailing
+    newline). It says what this configuration sends: never "anonymous", since the product may
+    attach user ids to its events."""
     host = re.sub(r"^https?://", "", config.endpoint)
     where = os.path.join(state_dir, "installation_id") if state_dir else "callhome's state directory"
-    return "\n".join([
-        f"[callhome] {config.product_id} sends anonymous usage data to {host} (Reo.Dev):",
-        "  activity names and times; product, callhome, OS and Python versions; the company",
-        "  domain or IP address configured; a random installation id, stored in",
+    lines = [
+        f"[callhome] {config.product_id} sends usage data to {host} (Reo.Dev):",
+        "  activity names and times; product, callhome, OS and Python versions;",
+        f"  {_identity(config)}; a random installation id, stored in",
         f"  {where}.",
-        "  Never host or user names, paths, arguments, environment values or file contents.",
+    ]
+    if config.capture_exceptions:
+        lines.append("  Crashes: the exception's type and where it happened"
+                     + (", and its message." if config.exception_messages else " (not its message)."))
+    lines += [
+        "  User ids (an e-mail, a user name) only where the product attaches them to an event.",
+        "  Never the machine's or the login's name, paths, arguments, environment values or files.",
         f"  Opt out: DO_NOT_TRACK=1, {product_variable(config)}=1, or `{_command(config, 'disable')}`.",
         f"  See what is sent: `{_command(config, 'preview')}`, or CALLHOME_DEBUG=1.",
-    ])
+    ]
+    return "\n".join(lines)
+
+
+def _identity(config: Config) -> str:
+    """Who the records say the company is: what this configuration sends."""
+    if config.domain:
+        return f"the company domain {config.domain}"
+    if config.ip_addr:
+        return f"the IP address {config.ip_addr}"
+    return "the company domain or IP address the product configures"
 
 
 def _command(config: Config, verb: str) -> str:

@@ -62,7 +62,7 @@ def last_json(stdout: str) -> dict:
 def test_notice_on_a_terminal_defers_the_first_send_to_the_next_run(collector, state_dir):
     stdout, shown = run_on_terminal(host(collector, state_dir))
     status = last_json(stdout)
-    assert shown.count("sends anonymous usage data") == 1, shown  # once, not once per thread or hook
+    assert shown.count("sends usage data") == 1, shown  # once, not once per thread or hook
     assert "DO_NOT_TRACK=1" in shown
     assert "TEST_PRODUCT_TELEMETRY_DISABLED=1" in shown
     assert status["state"].startswith("deferred") and status["flushed"] is False
@@ -70,7 +70,7 @@ def test_notice_on_a_terminal_defers_the_first_send_to_the_next_run(collector, s
     assert choices.load(product_dir(state_dir))["notice_version"] == choices.NOTICE_VERSION
 
     stdout, shown = run_on_terminal(host(collector, state_dir))
-    assert "sends anonymous usage data" not in shown  # once per product
+    assert "sends usage data" not in shown  # once per product
     assert last_json(stdout)["flushed"] is True
     assert collector.store.count() == 2  # the first run's event too
 
@@ -78,8 +78,8 @@ def test_notice_on_a_terminal_defers_the_first_send_to_the_next_run(collector, s
 def test_notice_without_a_terminal_is_logged_once_and_sending_goes_on(collector, state_dir):
     code = "import logging; logging.basicConfig(level=logging.WARNING)\n" + host(collector, state_dir)
     first, second = run_host(code), run_host(code)
-    assert "sends anonymous usage data" in first.stderr
-    assert "sends anonymous usage data" not in second.stderr
+    assert "sends usage data" in first.stderr
+    assert "sends usage data" not in second.stderr
     assert last_json(first.stdout)["flushed"] is True
     assert collector.store.count() == 2
 
@@ -87,7 +87,7 @@ def test_notice_without_a_terminal_is_logged_once_and_sending_goes_on(collector,
 def test_a_new_notice_version_is_shown_again(collector, state_dir):
     choices.save(product_dir(state_dir), notice_version=choices.NOTICE_VERSION - 1)
     code = "import logging; logging.basicConfig(level=logging.WARNING)\n" + host(collector, state_dir)
-    assert "sends anonymous usage data" in run_host(code).stderr
+    assert "sends usage data" in run_host(code).stderr
 
 
 def test_a_saved_disable_creates_nothing_and_sends_nothing(collector, state_dir):
@@ -156,3 +156,16 @@ def test_sent_log_and_log_file_keep_what_was_sent_without_the_key(make_agent, co
         assert entries[0]["outcome"] == "ok" and entries[0]["status"] == 200
         assert entries[0]["url"] == collector.url + "/api/product/usage"
         assert API_KEY not in text
+
+
+def test_the_notice_says_what_this_configuration_sends(collector, state_dir):
+    from callhome.config import resolve
+    from callhome.notice import notice_text
+
+    plain = notice_text(resolve({"product_id": PRODUCT, "domain": "acme.example"}, {}))
+    assert "anonymous" not in plain and "the company domain acme.example" in plain
+    assert "User ids" in plain and "Crashes" not in plain
+    crashes = notice_text(resolve({"product_id": PRODUCT, "ip_addr": "198.51.100.7", "capture_exceptions": True}, {}))
+    assert "the IP address 198.51.100.7" in crashes and "(not its message)" in crashes
+    messages = notice_text(resolve({"product_id": PRODUCT, "capture_exceptions": True, "exception_messages": True}, {}))
+    assert "and its message" in messages

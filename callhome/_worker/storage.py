@@ -108,16 +108,24 @@ class Storage:
         return True
 
     def _show_notice(self, directory: str, is_ci: bool) -> None:
-        """Once per product and notice version; on a terminal the first send waits for the next run."""
-        if is_ci or self.choices().get("notice_version") == choices.NOTICE_VERSION:
+        """Once per product and notice version on a terminal, where the first send waits for the
+        next run. Without one it is logged (once), which is not "shown": a later run on a
+        terminal still shows it, and ``callhome status`` says which happened."""
+        saved = self.choices()
+        if is_ci or saved.get("notice_version") == choices.NOTICE_VERSION:
             return
         text = notice_text(self.state.config, directory)
+        now = int(time.time())
         if is_terminal(sys.stderr):
             sys.stderr.write(text + "\n")
             self.deferred = True
-        else:
+            fields: dict = {"notice_version": choices.NOTICE_VERSION, "notice_at": now}
+        elif saved.get("notice_logged_version") != choices.NOTICE_VERSION:
             logger().warning("%s", text)
+            fields = {"notice_logged_version": choices.NOTICE_VERSION, "notice_logged_at": now}
+        else:
+            return
         try:
-            choices.save(directory, notice_version=choices.NOTICE_VERSION, notice_at=int(time.time()))
+            choices.save(directory, **fields)
         except OSError:
             pass

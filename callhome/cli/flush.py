@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from ..notice import is_terminal as _is_terminal
 from ._output import _emit
@@ -24,6 +25,7 @@ def flush(target: _Target, args: argparse.Namespace) -> int:
               "the events", file=sys.stderr)
     from ..agent import Agent
 
+    _notice_first(target, config)
     # the product's sender, in the foreground (a detached one already running takes part)
     agent = Agent(**dict(target.kwargs(), call_home_interval=0, sessions=False, sender="thread"))
     delivered_all = _flush_with_progress(agent, args.ch_timeout, total)
@@ -33,6 +35,17 @@ def flush(target: _Target, args: argparse.Namespace) -> int:
               "remaining": target.queue().depth()[0], "enabled": status["enabled"],
               "reason": status["reason"], "state": status["state"], "last_send": status["last_send"]}
     return _flush_summary(target, report)
+
+
+def _notice_first(target: _Target, config) -> None:
+    """A person asked to send, on a terminal the notice never reached: show it, then send (the
+    request is explicit, so this run is not the deferred first run a product's own would be)."""
+    from .. import choices
+    from ..notice import notice_text
+
+    if _is_terminal(sys.stderr) and target.choices().get("notice_version") != choices.NOTICE_VERSION:
+        sys.stderr.write(notice_text(config, target.directory) + "\n")
+        choices.save(target.directory, notice_version=choices.NOTICE_VERSION, notice_at=int(time.time()))
 
 
 def _flush_with_progress(agent, timeout: float, total: int) -> bool:

@@ -35,11 +35,19 @@ def _consent_report(target: _Target, saved: dict) -> dict:
     from ..choices import NOTICE_VERSION
 
     seen = saved.get("notice_version") == NOTICE_VERSION
+    logged = saved.get("notice_logged_version") == NOTICE_VERSION
+    if seen:
+        notice = "shown"
+    elif logged:
+        notice = "logged to the product's logger, never shown on a terminal (the next run on one shows it)"
+    else:
+        notice = "not shown yet (the next run of the product on a terminal shows it)"
     return {"consent": saved["consent"],
             # a host setting: only an embedded command knows it
             "consent_mode": target.options.get("consent", "opt-out") if target.embedded else None,
             "notice_shown_at": _when(saved.get("notice_at")) if seen else None,
-            "notice": "shown" if seen else "not shown yet (the next run of the product shows it)"}
+            "notice_logged_at": _when(saved.get("notice_logged_at")) if logged else None,
+            "notice": notice}
 
 
 def _paths_report(target: _Target) -> dict:
