@@ -1,8 +1,17 @@
-"""callhome.transport: classifying answers (a table) and HttpTransport against the real collector."""
+"""callhome.transport: classifying answers (a table), both transports against the real collector,
+and both against a raw loopback server that answers badly (trickles, floods, resets, not JSON)."""
 
 from __future__ import annotations
 
+import select
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import threading
 import time
+import tracemalloc
 
 import pytest
 from conftest import API_KEY
@@ -43,6 +52,35 @@ def test_classify_outcome(status, body, outcome):
     assert (result.outcome, result.status) == (outcome, status)
     if outcome == AUTH:
         assert result.detail
+
+
+def auth_body(code=400, response="Authentication Failure", status="failure"):
+    return {"response_code": code, "response": response, "status": status}
+
+
+@pytest.mark.parametrize("status, body, outcome", [
+    # Reo's documented body, however its fields are spelled, whatever the HTTP status
+    (400, auth_body(code="400"), AUTH),
+    (400, auth_body(response="  authentication FAILURE "), AUTH),
+    (400, auth_body(status="Failure"), AUTH),
+    (503, auth_body(), AUTH),
+    # a message that merely mentions a key, authentication or authorization is not a refused key
+    (200, {"status": "success", "response": "Accepted; your API key expires in 3 days"}, OK),
+    (201, {"status": "success", "message": "authentication ok"}, OK),
+    (429, {"status": "failure", "response": "Rate limited per API key"}, RETRY),
+    (503, {"message": "Authentication service unavailable"}, RETRY),
+    (502, {"response": "Unauthorized upstream"}, RETRY),
+    (500, failure(500, "api key store down"), RETRY),
+    (400, failure(400, "Invalid API key header format"), REJECTED),
+    (422, failure(422, "authentication field unknown"), REJECTED),
+    # close to the documented body is not the documented body
+    (400, auth_body(response="Authentication Failure: expired"), REJECTED),
+    (400, auth_body(code=401), REJECTED),
+    (400, auth_body(code=True), REJECTED),
+    (200, auth_body(status="success"), OK),
+])
+def test_classify_auth_only_on_401_403_or_the_documented_body(status, body, outcome):
+    assert classify(status, body).outcome == outcome
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
@@ -107,6 +145,9 @@ def test_send_aggregate_goes_to_its_endpoint(transport, collector):
     ("auth", AUTH, 400, None),
     (413, REJECTED, 413, None),
     ((200, {}, {"status": "failure", "response": "rejected by a proxy"}), REJECTED, 200, None),
+    ((200, {}, {"status": "success", "response": "Accepted; your API key expires in 3 days"}), OK, 200, None),
+    ((429, {"Retry-After": "5"}, {"status": "failure", "response": "Rate limited per API key"}),
+     RETRY, 429, 5.0),
     ("reset", RETRY, None, None),
 ])
 def test_send_classifies_injected_faults(transport, collector, fault, outcome, status, retry_after):
@@ -217,3 +258,258 @@ def test_a_large_answer_is_not_read_whole(transport_class):
         result = t.send("usage", payload())
         t.close()
     assert result.outcome == OK  # a 2xx with a body that is not Reo's JSON is a delivery
+
+
+# -- hostile answers, from a raw socket server --------------------------------------------------
+
+#: The deadline of every request below: a whole request (connect, send, status line, headers,
+#: body) must be over within it, however the server paces its bytes.
+DEADLINE = 1.0
+#: Scheduling slack on a shared machine.
+SLACK = 0.5
+TRICKLE_EVERY = 0.3
+#: A trickling server gives up after this long, so that a client without a deadline fails the
+#: test in seconds instead of hanging it.
+TRICKLE_FOR = 4.0
+HUGE = 200 * 1024 * 1024
+#: A huge body is this buffer sent again and again: the server allocates nothing per byte sent.
+CHUNK = b"x" * 65536
+MiB = 1024 * 1024
+
+
+class RawServer:
+    """HTTP/1.1 on a raw loopback socket: the n-th request gets ``answers[n]``, later ones a success.
+
+    An answer writes to the connection and returns whether the connection stays open. ``hung_up``
+    is set when the client closed a connection while the server was still writing to it. With a
+    server-side ``tls`` context it speaks HTTPS.
+    """
+
+    def __init__(self, *answers, tls=None):
+        self.answers = list(answers)
+        self.requests = 0
+        self.hung_up = threading.Event()
+        self.tls = tls
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.listener.getsockname()[1])
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stopping.set()
+        self._thread.join(10)
+        self.listener.close()
+
+    def _serve(self):
+        while self._readable(self.listener):
+            conn, _ = self.listener.accept()
+            conn.settimeout(5.0)
+            with conn:
+                try:
+                    self._converse(self.tls.wrap_socket(conn, server_side=True) if self.tls else conn)
+                except OSError:  # the client closed the connection: a deadline or a read cap did
+                    self.hung_up.set()
+
+    def _converse(self, conn):
+        while self._read_request(conn):
+            self.requests += 1
+            answer = self.answers.pop(0) if self.answers else success
+            if not answer(conn):
+                return
+
+    def _read_request(self, conn) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536) if self._readable(conn) else b""
+            if not chunk:
+                return False
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(body) < length:
+            body += conn.recv(65536)
+        return True
+
+    def _readable(self, sock) -> bool:
+        """Wait until ``sock`` can be read; False once the test is over."""
+        while not select.select([sock], [], [], 0.05)[0]:
+            if self._stopping.is_set():
+                return False
+        return True
+
+
+def head(status=200, length=None, content_type="application/json", extra=b""):
+    length_line = b"Content-Length: %d\r\n" % length if length is not None else b""
+    return b"HTTP/1.1 %d Whatever\r\nContent-Type: %s\r\n%s%s\r\n" % (
+        status, content_type.encode(), length_line, extra)
+
+
+def answer(status, body, content_type="application/json"):
+    def send(conn):
+        conn.sendall(head(status, len(body), content_type) + body)
+        return True
+    return send
+
+
+success = answer(200, b'{"status": "success", "response": "Data Uploaded"}')
+
+
+def trickle(sent_at_once, trickled):
+    """Send ``sent_at_once``, then ``trickled`` one byte every TRICKLE_EVERY (for TRICKLE_FOR at most)."""
+    def send(conn):
+        conn.sendall(sent_at_once)
+        ends = time.monotonic() + TRICKLE_FOR
+        for i in range(len(trickled)):
+            if time.monotonic() > ends:
+                break
+            time.sleep(TRICKLE_EVERY)
+            conn.sendall(trickled[i:i + 1])
+        return False
+    return send
+
+
+def huge_body(status=200, extra=b""):
+    def send(conn):
+        conn.sendall(head(status, HUGE, extra=extra))
+        for _ in range(HUGE // len(CHUNK)):
+            conn.sendall(CHUNK)
+        return True
+    return send
+
+
+def reset_mid_body(conn):
+    conn.sendall(head(200, 1000) + b" " * 100)
+    time.sleep(0.1)  # the client has the status line and headers: the reset hits the body
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends RST
+    return False
+
+
+def peak_growth(call):
+    """``call()``'s result and the peak growth, in bytes, of what Python allocated meanwhile
+    (both threads: the server's streaming allocates nothing per chunk)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+@pytest.fixture(params=["ClientTransport", "HttpTransport", "HttpTransport-proxy"])
+def connect(request, monkeypatch):
+    """Make a transport to a RawServer: directly, or through it as the HTTP proxy (the path the
+    sender takes when a proxy applies)."""
+    def make(server):
+        if request.param == "ClientTransport":
+            return ClientTransport(server.url, API_KEY, timeout=DEADLINE)
+        if request.param == "HttpTransport":
+            return HttpTransport(server.url, API_KEY, timeout=DEADLINE)
+        for name in ("http_proxy", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", server.url)
+        t = HttpTransport("http://ingest.invalid", API_KEY, timeout=DEADLINE)
+        assert t.session.proxies
+        return t
+
+    return make
+
+
+RESPONSE = head(200, 20) + b'{"status":"success"}'
+
+
+@pytest.mark.parametrize("trickled", [
+    trickle(b"", RESPONSE),                                                # the status line
+    trickle(b"HTTP/1.1 200 OK\r\n", b"X-Padding: " + b"a" * 100 + b"\r\n\r\n"),  # a header
+    trickle(head(200, 100), b" " * 100),                                   # the body
+], ids=["status-line", "headers", "body"])
+def test_a_trickling_server_cannot_stretch_a_request_past_its_deadline(connect, trickled):
+    with RawServer(trickled) as server:
+        t = connect(server)
+        result, elapsed = timed(lambda: t.send("usage", payload()))
+        assert elapsed < DEADLINE + SLACK
+        assert (result.outcome, result.status) == (RETRY, None)
+        assert "Timeout" in result.detail
+        assert server.hung_up.wait(2 * TRICKLE_EVERY + SLACK)  # the connection was closed
+        assert t.send("usage", payload()).outcome == OK  # and the next request goes through
+        t.close()
+
+
+@pytest.mark.parametrize("huge, outcome, status", [
+    (huge_body(), OK, 200),  # a 2xx without Reo's JSON is a delivery
+    (huge_body(302, b"Location: http://elsewhere.invalid/\r\n"), RETRY, 302),  # a redirect is not followed
+], ids=["200", "302"])
+def test_a_huge_answer_is_read_up_to_the_cap_only(connect, huge, outcome, status):
+    with RawServer(huge) as server:
+        t = connect(server)
+        (result, elapsed), growth = peak_growth(lambda: timed(lambda: t.send("usage", payload())))
+        assert growth < 10 * MiB
+        assert elapsed < DEADLINE + SLACK
+        assert (result.outcome, result.status) == (outcome, status)
+        assert server.hung_up.wait(SLACK)  # the rest was not read: the connection was closed
+        assert t.send("usage", payload()).outcome == OK
+        t.close()
+
+
+def test_a_reset_in_the_middle_of_the_body_is_retried_later_not_resent_at_once(connect):
+    with RawServer(success, reset_mid_body) as server:
+        t = connect(server)
+        assert t.send("usage", payload()).outcome == OK  # the connection is kept alive...
+        result, elapsed = timed(lambda: t.send("usage", payload()))  # ...and reset by the next answer
+        assert (result.outcome, result.status) == (RETRY, None)
+        assert elapsed < DEADLINE + SLACK
+        assert server.requests == 2  # the answer had begun: the record is not posted again at once
+        assert t.send("usage", payload()).outcome == OK
+        t.close()
+
+
+@pytest.mark.parametrize("status, body, outcome", [
+    (200, b"<html><body>Welcome! Manage your API key here.</body></html>", OK),
+    (200, b'{"status": "success", "response": "Unauthorized fields ignored"', OK),  # cut short
+    (502, b"<html><body>Bad gateway: authentication proxy unreachable</body></html>", RETRY),
+], ids=["200-html", "200-cut-json", "502-html"])
+def test_an_answer_that_is_not_json_is_classified_by_its_status(connect, status, body, outcome):
+    with RawServer(answer(status, body, "text/html")) as server:
+        t = connect(server)
+        result = t.send("usage", payload())
+        t.close()
+    assert (result.outcome, result.status) == (outcome, status)
+
+
+@pytest.fixture
+def tls_server_context(tmp_path, monkeypatch):
+    """A server context with a throw-away certificate for 127.0.0.1, which both transports trust."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate with")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_the_deadline_holds_over_tls(transport_class, tls_server_context):
+    with RawServer(trickle(b"", RESPONSE), tls=tls_server_context) as server:
+        t = transport_class(server.url, API_KEY, timeout=DEADLINE)
+        result, elapsed = timed(lambda: t.send("usage", payload()))
+        assert elapsed < DEADLINE + SLACK
+        assert (result.outcome, result.status) == (RETRY, None)
+        assert "Timeout" in result.detail
+        assert server.hung_up.wait(2 * TRICKLE_EVERY + SLACK)
+        assert t.send("usage", payload()).outcome == OK  # verified TLS, and the next request goes through
+        t.close()

@@ -4,17 +4,31 @@ Two transports with one interface: :class:`ClientTransport` (``http.client``, on
 connection) where no proxy applies, which costs the sender about a fifth
 of the CPU per record of :class:`HttpTransport` (``requests``, which honours proxies and CA
 bundles from the environment); :func:`open_transport` picks. Both run in the sender only.
+
+Both bound what a server can make a request cost: at most :data:`MAX_BODY` of an answer is
+read, and a whole request (connect, send, status line, headers, body) ends within its
+``timeout`` however the server paces its bytes (:func:`_deadline`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.client
+import io
 import json
 import os
+import socket
+import threading
 import time
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .._version import __version__
 from ..backoff import parse_retry_after
 from ..schema import AGGREGATE_PATH, USAGE_PATH
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["AUTH", "OK", "REJECTED", "RETRY", "ClientTransport", "HttpTransport", "SendResult", "classify",
            "open_transport", "preload"]
@@ -30,6 +44,8 @@ _MISCONFIGURED = {301, 302, 303, 307, 308, 404, 405, 501, 505}
 MISCONFIGURED_DELAY = 300.0
 #: The most of an answer's body that is read: Reo answers with a few dozen bytes.
 MAX_BODY = 64 * 1024
+#: The most a connection attempt waits (within the request's deadline).
+CONNECT_TIMEOUT = 3.0
 
 
 class SendResult:
@@ -53,7 +69,8 @@ def classify(status: int, body: object, retry_after: str | None = None, now: flo
 
     Reo signals an authentication failure as ``{"response_code": 400, "response":
     "Authentication Failure", "status": "failure"}`` whatever the HTTP status, and success as
-    2xx with ``status: success``; a 2xx whose body says failure is not a delivery.
+    2xx with ``status: success``; a 2xx whose body says failure is not a delivery, a 2xx without
+    a JSON body is one.
     """
     now = time.time() if now is None else now
     detail = _detail(body)
@@ -76,10 +93,18 @@ def _detail(body: object) -> str:
 
 
 def _is_auth_failure(status: int, body: object) -> bool:
+    """401, 403, or Reo's documented body; nothing else. An auth failure pauses every process of
+    the product for an hour, so a message that merely mentions a key (a success note, a rate
+    limit "per API key", a proxy's error page) must not count as one."""
     if status in (401, 403):
         return True
-    text = _detail(body).lower()
-    return "authentication" in text or "unauthori" in text or "api key" in text
+    return (isinstance(body, dict) and body.get("response_code") in (400, "400")
+            and _word(body.get("response")) == "authentication failure"
+            and _word(body.get("status")) == "failure")
+
+
+def _word(value: object) -> str:
+    return value.strip().lower() if isinstance(value, str) else ""
 
 
 class HttpTransport:
@@ -87,12 +112,16 @@ class HttpTransport:
 
     def __init__(self, endpoint: str, api_key: str | None, timeout: float) -> None:
         import requests
+        import urllib3
 
-        self._requests = requests
+        self._errors = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                        OSError)
         self.endpoint = endpoint
-        self.timeout = (min(3.0, timeout), timeout)
+        self.timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
         self.session = _session(requests, endpoint)
-        headers = {"Content-Type": "application/json", "User-Agent": f"callhome/{__version__}"}
+        # No compressed answers: what is read of one is capped, and decompressing it would not be.
+        headers = {"Content-Type": "application/json", "User-Agent": f"callhome/{__version__}",
+                   "Accept-Encoding": "identity"}
         if api_key:
             headers["X-API-KEY"] = api_key
         # One prepared request per endpoint, copied per record: preparing a request from
@@ -108,18 +137,27 @@ class HttpTransport:
         """POST one record; never raises."""
         body = _ENCODER.encode({"payload": payload}).encode()
         event_id = str(payload.get("event_id", ""))
-        pool = self._direct_pool(kind)
-        if pool is not None:
-            return self._send_direct(pool, kind, body, event_id)
+        with _deadline(self.timeout[1]):
+            try:
+                pool = self._direct_pool(kind)
+                if pool is not None:
+                    response = self._send_direct(pool, kind, body, event_id)
+                else:
+                    response = self._send_adapter(kind, body, event_id)
+                data = _read_capped(response)
+            except self._errors as exc:
+                return _failed(exc, self.timeout[1])
+        return classify(response.status, _json(data), response.headers.get("Retry-After"))
+
+    def _send_adapter(self, kind: str, body: bytes, event_id: str):
+        """Through the session's adapter (which knows proxies), not ``Session.send``: that one reads
+        the whole body of a redirect, whatever its size."""
         request = self._templates[kind].copy()
         request.prepare_body(body, None)
         request.headers["Idempotency-Key"] = event_id
-        try:
-            response = self.session.send(request, timeout=self.timeout, allow_redirects=False,
-                                         proxies=self.session.proxies, verify=self.session.verify)
-        except self._requests.RequestException as exc:
-            return SendResult(RETRY, None, None, _describe(exc))
-        return classify(response.status_code, _json(response.content), response.headers.get("Retry-After"))
+        adapter = self.session.get_adapter(request.url)
+        return adapter.send(request, stream=True, timeout=self.timeout, verify=self.session.verify,
+                            proxies=self.session.proxies).raw
 
     def _direct_pool(self, kind: str):
         """The session's own keep-alive connection pool for this endpoint, when no proxy applies.
@@ -141,22 +179,29 @@ class HttpTransport:
             self._pools[kind] = pool
         return self._pools[kind]
 
-    def _send_direct(self, pool, kind: str, body: bytes, event_id: str) -> SendResult:
+    def _send_direct(self, pool, kind: str, body: bytes, event_id: str):
         import urllib3
 
         headers = dict(self._templates[kind].headers, **{"Idempotency-Key": event_id,
                                                          "Content-Length": str(len(body))})
-        try:
-            response = pool.urlopen("POST", self._templates[kind].path_url, body=body, headers=headers,
-                                    retries=False, redirect=False, assert_same_host=False,
-                                    timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]),
-                                    preload_content=True)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            return SendResult(RETRY, None, None, _describe(exc))
-        return classify(response.status, _json(response.data), response.headers.get("Retry-After"))
+        return pool.urlopen("POST", self._templates[kind].path_url, body=body, headers=headers,
+                            retries=False, redirect=False, assert_same_host=False,
+                            timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]),
+                            preload_content=False, decode_content=False)
 
     def close(self) -> None:
         self.session.close()
+
+
+def _read_capped(response) -> bytes:
+    """At most :data:`MAX_BODY` of a ``urllib3`` answer's body. Its connection goes back to the
+    pool only when the body was read to its end: what is left of a larger one is not drained
+    (it may never end), and the connection is closed instead."""
+    data = response.read(MAX_BODY, decode_content=False)
+    if not response.closed:
+        response.close()
+    response.release_conn()
+    return data
 
 
 def preload(endpoint: str) -> None:
@@ -164,7 +209,6 @@ def preload(endpoint: str) -> None:
     runs in the host, which may fork while that thread is importing."""
     import encodings.idna  # noqa: F401  (host names)
     import hashlib  # noqa: F401  (auth.json names the key by a hash)
-    import http.client  # noqa: F401
 
     if endpoint.startswith("https://"):
         _tls_context()
@@ -193,9 +237,6 @@ class ClientTransport:
     """Posts ``{"payload": ...}`` over one keep-alive ``http.client`` connection."""
 
     def __init__(self, endpoint: str, api_key: str | None, timeout: float) -> None:
-        import http.client
-
-        self._http = http.client
         self.endpoint = endpoint
         scheme, _, address = endpoint.partition("://")
         address, _, base = address.partition("/")  # a base path, as requests would keep it
@@ -206,7 +247,7 @@ class ClientTransport:
         self._headers = {"Content-Type": "application/json", "User-Agent": f"callhome/{__version__}"}
         if api_key:
             self._headers["X-API-KEY"] = api_key
-        self._connection = None
+        self._connection: _ClientConnection | None = None
 
     def url(self, kind: str) -> str:
         return self.endpoint + _PATHS[kind]
@@ -216,48 +257,178 @@ class ClientTransport:
         body = _ENCODER.encode({"payload": payload}).encode()
         headers = dict(self._headers, **{"Idempotency-Key": str(payload.get("event_id", "")),
                                          "Content-Length": str(len(body))})
+        with _deadline(self.timeout):
+            try:
+                return self._answer(self._request(self._prefix + _PATHS[kind], body, headers))
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                return _failed(exc, self.timeout)
+
+    def _request(self, path: str, body: bytes, headers: dict) -> http.client.HTTPResponse:
+        """Send the request; the answer with its status line and headers read."""
         reused = self._connection is not None
         try:
-            return self._post(self._prefix + _PATHS[kind], body, headers)
-        except (self._http.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            self.close()
+            return self._exchange(path, body, headers)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             if not reused:
-                return SendResult(RETRY, None, None, _describe(exc))
-        except (OSError, self._http.HTTPException) as exc:
-            self.close()
-            return SendResult(RETRY, None, None, _describe(exc))
-        # the server closed a kept-alive connection before reading the request: once more, afresh
-        try:
-            return self._post(self._prefix + _PATHS[kind], body, headers)
-        except (OSError, self._http.HTTPException) as exc:
-            self.close()
-            return SendResult(RETRY, None, None, _describe(exc))
+                raise
+        # the server closed a kept-alive connection before answering: once more, afresh (an
+        # answer that breaks off once begun is not sent again: the server may have the record)
+        self.close()
+        return self._exchange(path, body, headers)
 
-    def _post(self, path: str, body: bytes, headers: dict) -> SendResult:
+    def _exchange(self, path: str, body: bytes, headers: dict) -> http.client.HTTPResponse:
         connection = self._connection or self._connect()
         connection.request("POST", path, body, headers)
-        response = connection.getresponse()
+        return connection.getresponse()
+
+    def _answer(self, response: http.client.HTTPResponse) -> SendResult:
         data = response.read(MAX_BODY)
         if response.will_close or not response.isclosed():  # closing, or a body larger than we read
             self.close()
         return classify(response.status, _json(data), response.getheader("Retry-After"))
 
-    def _connect(self):
+    def _connect(self) -> _ClientConnection:
         https, host, port = self._target
-        if https:
-            self._connection = self._http.HTTPSConnection(host, port, timeout=self.timeout, context=_tls_context())
-        else:
-            self._connection = self._http.HTTPConnection(host, port, timeout=self.timeout)
+        self._connection = _ClientConnection(host, port, _tls_context() if https else None)
         self._connection.connect()
-        import socket
-
-        self._connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self._connection
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+
+# -- the deadline of a request ------------------------------------------------------------------
+# A socket's timeout counts per call: a server sending one byte per call, just within it, would
+# hold a request for as long as it likes. So every blocking step of a request (connect, TLS
+# handshake, each send, each read of the status line, headers and body) waits only for what is
+# left of the request's deadline. The deadline is the sending thread's, not the connection's:
+# urllib3 builds its connections itself, and a thread makes one request at a time.
+
+_current = threading.local()
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """The request made on this thread within the block ends within ``seconds``."""
+    _current.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        del _current.deadline
+
+
+def _time_left() -> float:
+    left = _current.deadline - time.monotonic()
+    if left <= 0:  # (a zero timeout would make the socket non-blocking, not time out)
+        raise socket.timeout("timed out")
+    return left
+
+
+def _failed(exc: BaseException, seconds: float) -> SendResult:
+    """A request that broke off: the deadline, when it passed, whatever the library made of it."""
+    if time.monotonic() >= _current.deadline:
+        return SendResult(RETRY, None, None, f"Timeout: no complete answer within {seconds:g} s")
+    return SendResult(RETRY, None, None, _describe(exc))
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's socket reader whose every read waits only for what is left of the deadline."""
+
+    def __init__(self, sock: Any, raw: io.RawIOBase) -> None:
+        super().__init__()
+        self._sock, self._raw = sock, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._sock.settimeout(_time_left())
+        return self._raw.readinto(buffer)
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An answer whose status line, headers and body are read within the request's deadline."""
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp = io.BufferedReader(_DeadlineReader(sock, self.fp.detach()))
+
+
+class _DeadlineConnection(http.client.HTTPConnection):
+    """A connection that sends and reads within the request's deadline (the base of ours and,
+    mixed in, of urllib3's)."""
+
+    response_class = _DeadlineResponse
+
+    def send(self, data: Any) -> None:
+        if self.sock is not None:  # else http.client connects first, within the deadline too
+            self.sock.settimeout(_time_left())
+        super().send(data)
+
+
+class _ClientConnection(_DeadlineConnection):
+    """``http.client``'s connection, with TLS set up here so that the handshake, too, waits only
+    for what is left of the deadline (``HTTPSConnection`` gives it the connect's timeout again)."""
+
+    def __init__(self, host: str, port: int | None, tls: ssl.SSLContext | None) -> None:
+        if tls is not None:
+            self.default_port = http.client.HTTPS_PORT  # before __init__ resolves a missing port
+        super().__init__(host, port)
+        self._tls = tls
+
+    def connect(self) -> None:
+        self.timeout = min(CONNECT_TIMEOUT, _time_left())
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            self.sock.settimeout(_time_left())
+            self.sock = self._tls.wrap_socket(self.sock, server_hostname=self.host)
+
+
+@functools.lru_cache(maxsize=None)
+def _deadline_pools() -> dict:
+    """urllib3's connection pools by scheme, with connections that keep the request's deadline."""
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def connection(base: Any) -> type:
+        def _new_conn(self: Any) -> socket.socket:
+            sock = base._new_conn(self)
+            sock.settimeout(_time_left())  # the TLS handshake that may follow waits only for what is left
+            return sock
+
+        return type(base.__name__, (_DeadlineConnection, base), {"_new_conn": _new_conn})
+
+    return {scheme: type(pool.__name__, (pool,), {"ConnectionCls": connection(pool.ConnectionCls)})
+            for scheme, pool in (("http", HTTPConnectionPool), ("https", HTTPSConnectionPool))}
+
+
+@functools.lru_cache(maxsize=None)
+def _deadline_adapter() -> type:
+    """A ``requests`` adapter whose pools, direct or through a proxy, are :func:`_deadline_pools`."""
+    import requests
+
+    class DeadlineAdapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = _deadline_pools()
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            if not proxy.lower().startswith("socks"):  # a SOCKS proxy's pools are its own (no deadline)
+                manager.pool_classes_by_scheme = _deadline_pools()
+            return manager
+
+    return DeadlineAdapter
 
 
 def _host_port(address: str) -> tuple:
@@ -289,9 +460,12 @@ def _session(requests, endpoint: str):
 
     ``requests`` re-reads every proxy variable on each request (a scan of ``os.environ``
     that costs more than the request itself on loopback); resolving it once per session
-    keeps the same behaviour at a fraction of the cost.
+    keeps the same behaviour at a fraction of the cost. Its connections keep the request's deadline.
     """
     session = requests.Session()
+    adapter = _deadline_adapter()()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     session.proxies = requests.utils.get_environ_proxies(endpoint)
     session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     session.trust_env = False
