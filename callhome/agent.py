@@ -108,6 +108,9 @@ class Agent:
         """
         self._strict = bool(options.get("strict"))
         config = resolve(dict(options, product_id=product_id))
+        old = self.state.config
+        if old is not None and (old.product_id, old.data_dir) != (config.product_id, config.data_dir):
+            self._leave_product()
         decision = decide(config)
         with self._lock:
             self.state.config, self.state.decision = config, decision
@@ -635,6 +638,26 @@ class Agent:
         self._set_handoff()  # until the child's first call starts its worker
         if old.config is not None and (old.decision.enabled and not old.config.debug):
             _finalize_with_multiprocessing(self)
+
+    def _leave_product(self) -> None:
+        """``init()`` for another product or ``data_dir``: everything per product switches. The
+        first product's worker saves what it holds under that product (its own queue, id and
+        choices) and stops; the new one starts from a clean state, so nothing of one product is
+        sent as, or despite the choices of, the other."""
+        self._end_sessions()
+        worker, thread = self._worker_within(EXIT_WAIT), self._thread
+        if worker is not None:
+            worker.stop(0)
+        if thread is not None:
+            thread.join(EXIT_WAIT)
+        old = self.state
+        if old.waker is not None and not (thread is not None and thread.is_alive()):
+            old.waker.close()
+        self.state = HostState(old.buffer.maxlen, old.buffer.max_bytes)
+        self.process_session = None
+        self._counted = {}
+        self._forget_worker()
+        self._set_handoff()
 
     def _forget_worker(self) -> None:
         import threading

@@ -129,3 +129,35 @@ def test_py_typed_is_shipped():
     assert os.path.isfile(os.path.join(os.path.dirname(callhome.__file__), "py.typed"))
     with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
         assert "py.typed" in f.read()
+
+
+def test_init_for_another_product_switches_everything_per_product(collector, state_dir):
+    """Product B was disabled on this machine: a host that re-inits from A to B must send none of
+    B's events, and A's calls stay A's (sent as A, from A's queue)."""
+    from callhome import choices
+
+    choices.save(os.path.join(state_dir, "product-b"), disabled=True)
+    host = run_host(f"""
+        import json, callhome
+        callhome.init({host_options(collector, state_dir, product_id="product-a")})
+        a_ids = [callhome.track("secondary1", meta={{"p": "a"}}) for _ in range(5)]
+        callhome.init({host_options(collector, state_dir, product_id="product-b")})
+        b_ids = [callhome.track("secondary1", meta={{"p": "b"}}) for _ in range(10)]
+        callhome.flush(3)  # B's worker reads B's saved choices
+        print(json.dumps({{"a": a_ids, "b": b_ids, "status": callhome.status()}}))
+    """)
+    assert host.returncode == 0 and host.stderr == "", host.stderr
+    report = json.loads(host.stdout)
+    flusher = run_host(f"""
+        import callhome
+        callhome.init({host_options(collector, state_dir, product_id="product-a")})
+        print(callhome.flush(10))
+    """)
+    assert flusher.stdout.strip() == "True", flusher.stderr
+    stored = collector.store.events(limit=1000)
+    assert not [e for e in stored if e["payload"]["meta"].get("p") == "b"], "product B's events were sent"
+    assert {e["payload"]["product_id"] for e in stored} == {"product-a"}
+    assert sorted(e["event_id"] for e in stored if e["payload"]["meta"].get("p") == "a") == sorted(report["a"])
+    status = report["status"]
+    assert status["enabled"] is False and "disable" in status["reason"], status
+    assert status["installation_id"] is None  # nothing was created for B
