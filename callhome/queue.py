@@ -6,7 +6,8 @@ Layout (see ``docs/architecture.md``)::
                         a process's open batch, appended to and published when full or old
     queue-v1/ready/     <not-before>-<created>-<attempt>-<done>-<count>-<bytes>-<batch>.chq
     queue-v1/inflight/  <ready name>.<node>.<pid>.<nonce>.<mode>.<lease>.clm   (claimed by a sender)
-    queue-v1/corrupt/   quarantined files that hold no readable record
+    queue-v1/corrupt/   quarantined files that hold no readable record, and whatever else lay in
+                        ready/ or inflight/ (a directory, a FIFO, a link, a name no batch has)
     queue-v1/dead/      records the server rejected, kept for inspection
     queue-v1/locks/     flush.lock (one sender per host at a time) and state.lock
     queue-v1/state/     backoff.json, auth.json, call_home.json (advisory, atomically replaced)
@@ -22,6 +23,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import stat
 import time
 import zlib
 
@@ -41,13 +44,34 @@ MAX_KEPT_BAD = 50
 #: another machine sharing the directory): it is published by whoever sees it.
 STALE_OPEN = 3600.0
 _OPEN = ".open"
-#: What is read of one batch file at most, so that a file grown by mistake cannot exhaust memory.
-_MAX_FILE = 16 * 1024 * 1024
+#: The longest line read as a record: a record is at most ``max_event_bytes`` (32 KiB by default),
+#: and one that meets Reo's rules far shorter. A longer line is skipped, never held whole.
+MAX_LINE = 1024 * 1024
+#: What is read of one batch file at most, so that a file grown by mistake, or put in a batch's
+#: place, can neither exhaust memory nor hold the sender (the largest batch written is
+#: ``MAX_OPEN`` records of 32 KiB: 8 MiB). Only ``MAX_LINE`` of it is held at a time.
+_MAX_FILE = 64 * 1024 * 1024
+#: The deepest a record may nest. The agent writes 3 (record, payload, a flat meta); one nested
+#: hundreds deep parses, but re-encoding it to send it exhausts the sender's stack.
+MAX_DEPTH = 32
+#: Reads past an overlong line this much at a time.
+_CHUNK = 64 * 1024
+#: How what lies under a batch's name is opened: a FIFO must not block the reader, a link is not
+#: followed (where the platform can refuse to follow one).
+_SAFE_OPEN = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+              | getattr(os, "O_BINARY", 0))
+#: A batch's name as :func:`entry_name` writes it. Fixed widths: a wider number would sort out of
+#: order (the listing must be by not-before time) or claim more than a batch holds.
+_ENTRY = re.compile(r"([0-9]{13})-([0-9]{13})-([0-9]{2})-([0-9]{3})-([0-9]{3})-([0-9]{8})-"
+                    r"([0-9a-f]{16})\.chq")
+#: How the names of batches and claims end. Other names (an NFS client's ``.nfs...`` for a file
+#: deleted while open, say) are not the queue's: it leaves them alone.
+_OURS = (".chq", ".clm")
 
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: the worker of a short run waits for it
 if TYPE_CHECKING:
-    from typing import Iterator, NamedTuple
+    from typing import BinaryIO, Iterator, NamedTuple
 
     class Entry(NamedTuple):
         name: str
@@ -94,9 +118,27 @@ def unframe(line: bytes) -> dict | None:
         if int(line[:8], 16) != zlib.crc32(data):
             return None
         record = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the stack allows
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("payload"), dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("payload"), dict):
+        return None
+    # a container opens with "[" or "{": with no more of them than the limit (those in strings
+    # count too) the record cannot nest deeper, and it need not be walked
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _deeper_than(record, MAX_DEPTH):
+        return None
+    return record
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` deep (without recursing itself)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _ms(seconds: float) -> int:
@@ -104,19 +146,29 @@ def _ms(seconds: float) -> int:
 
 
 def entry_name(nb: float, cr: float, att: int, done: int, n: int, size: int, batch: str) -> str:
-    return f"{_ms(nb):013d}-{_ms(cr):013d}-{min(att, 99):02d}-{done:03d}-{n:03d}-{size:08d}-{batch}.chq"
+    """A batch's file name; attempts, count and size are capped at what their fields hold."""
+    return (f"{_ms(nb):013d}-{_ms(cr):013d}-{min(att, 99):02d}-{done:03d}-{min(n, 999):03d}-"
+            f"{min(size, 99_999_999):08d}-{batch}.chq")
 
 
 def parse_entry(name: str) -> Entry | None:
-    if not name.endswith(".chq"):
+    """The batch ``name`` describes; None for a name :func:`entry_name` does not write."""
+    match = _ENTRY.fullmatch(name)
+    if match is None:
         return None
-    parts = name[:-4].split("-")
-    if len(parts) != 7 or not all(p.isdigit() for p in parts[:6]) or len(parts[6]) != 16:
-        return None
-    nb, cr, att, done, n, size = (int(p) for p in parts[:6])
+    nb, cr, att, done, n, size = (int(p) for p in match.groups()[:6])
     if n < 1 or done >= n:
         return None
-    return Entry(name, nb / 1000, cr / 1000, att, done, n, size, parts[6])
+    return Entry(name, nb / 1000, cr / 1000, att, done, n, size, match.group(7))
+
+
+def _stray(name: str) -> Entry:
+    """What lies in ``ready/`` under a name that ends like a batch's or a claim's but is neither
+    (a count no batch has, say), as a batch of one record that cannot be read (its empty
+    ``batch`` says so). The sender takes it like any batch: its claim moves it to
+    ``corrupt/`` and reading it gives no record, so the sender counts it as it counts every batch
+    with no readable record. Only the claim that moved it counts it."""
+    return Entry(name, 0.0, 0.0, 0, 0, 1, 0, "")
 
 
 def _node_id() -> str:
@@ -231,14 +283,18 @@ class DiskQueue:
         self._publish_file(path, created, count, size)
 
     def _publish_file(self, path: str, created: float, count: int, size: int) -> None:
-        name = entry_name(created, created, 0, 0, min(count, 999), size, os.urandom(8).hex())
+        name = entry_name(created, created, 0, 0, count, size, os.urandom(8).hex())
         os.rename(path, self._path("ready", name))
         if self.fsync:
             _fsync_dir(self._path("ready"))
 
     def adopt_orphans(self, now: float) -> int:
         """Publish the open batches of processes that died (or left them untouched for
-        ``STALE_OPEN``); returns how many. A rename: of several adopters exactly one wins."""
+        ``STALE_OPEN``); returns how many. A rename: of several adopters exactly one wins.
+
+        What is not a regular file is published all the same, as one record that cannot be read:
+        the sender quarantines it and counts it, as it does every batch with no readable record.
+        """
         adopted = 0
         for name in self._names("tmp"):
             owner = _open_owner(name)
@@ -246,16 +302,16 @@ class DiskQueue:
                 continue
             path = self._path("tmp", name)
             try:
-                info = os.stat(path)
+                info = os.lstat(path)
                 dead = owner[0] == self.node and not pid_alive(owner[1])
                 if not (dead or now - info.st_mtime > STALE_OPEN):
                     continue
-                with open(path, "rb") as f:
-                    count = len(f.read(_MAX_FILE).splitlines())
+                count = _count_lines(path)
                 if count == 0:
                     unlink_quietly(path)
                     continue
-                self._publish_file(path, info.st_mtime, count, info.st_size)
+                size = info.st_size if stat.S_ISREG(info.st_mode) else 0
+                self._publish_file(path, info.st_mtime, count, size)
                 adopted += 1
             except OSError:
                 continue  # adopted by another process first, or unreadable now: next time
@@ -281,13 +337,13 @@ class DiskQueue:
             return []
 
     def entries(self) -> Iterator[Entry]:
-        """Ready batches, eligible first (names sort by not-before time), then FIFO."""
-        for name in self._names("ready"):
-            entry = parse_entry(name)
-            if entry is not None:
-                yield entry
-            elif name.endswith(".chq"):
-                self.quarantine("ready", name, "badname")
+        """Ready batches, eligible first (names sort by not-before time), then FIFO; before them,
+        the strays (see :func:`_stray`). Names that do not end like the queue's are left alone."""
+        names = self._names("ready")
+        parsed = [parse_entry(name) for name in names]
+        yield from (_stray(name) for name, entry in zip(names, parsed)
+                    if entry is None and name.endswith(_OURS))
+        yield from (entry for entry in parsed if entry is not None)
 
     def depth(self) -> tuple[int, int]:
         """(records, bytes) waiting in ``ready/`` and ``inflight/``, from names alone, and in this
@@ -299,7 +355,7 @@ class DiskQueue:
         batches = {}
         for sub in ("ready", "inflight", "ready"):
             for name in self._names(sub):
-                entry = parse_entry(name.split(".chq")[0] + ".chq")
+                entry = _entry_of(sub, name)
                 if entry is not None:
                     batches[entry.batch] = entry
         for entry in batches.values():
@@ -316,18 +372,21 @@ class DiskQueue:
     def _waiting_records(self) -> Iterator[dict]:
         for sub in ("ready", "inflight"):
             for name in self._names(sub):
-                entry = parse_entry(name.split(".chq")[0] + ".chq")
+                entry = _entry_of(sub, name)
                 if entry is None:
                     continue
                 try:
-                    lines = _read_lines(self._path(sub, name))
+                    lines = _read_lines(self._path(sub, name), entry.count)
                 except OSError:
                     continue
                 yield from (r for r in map(unframe, lines[entry.done:]) if r is not None)
 
     # -- claiming and finishing batches ----------------------------------------------------
     def claim(self, entry: Entry, mode: str, lease_until: float) -> Claim | None:
-        """Take ``entry`` for sending; None when another process took it first."""
+        """Take ``entry`` for sending; None when another process took it first. A stray is
+        moved to ``corrupt/`` instead: its claim reads as no record."""
+        if not entry.batch:
+            return Claim(entry, entry.name, mode) if self.quarantine("ready", entry.name, "badname") else None
         name = self.claim_name(entry, mode, lease_until)
         try:
             os.rename(self._path("ready", entry.name), self._path("inflight", name))
@@ -336,8 +395,14 @@ class DiskQueue:
         return Claim(entry, name, mode)
 
     def read(self, claim: Claim) -> list:
-        """The records of a claimed batch (None for each unreadable line)."""
-        return [unframe(line) for line in _read_lines(self._path("inflight", claim.name))]
+        """The records of a claimed batch (None for each unreadable line), no more than its name
+        counts; none of a stray's claim, or of what is not a regular file.
+
+        :raises FileNotFoundError: when the claim was taken back meanwhile (its lease expired).
+        """
+        if not claim.entry.batch:
+            return []
+        return [unframe(line) for line in _read_lines(self._path("inflight", claim.name), claim.entry.count)]
 
     def renew(self, claim: Claim, done: int, lease_until: float) -> Claim | None:
         """Record progress (``done`` records resolved) and extend the lease; None if the claim was lost."""
@@ -375,14 +440,15 @@ class DiskQueue:
 
         A claim made under ``flush.lock`` (mode ``L``) on this kernel is orphaned as soon as we
         hold that lock natively: the kernel released it when its holder died. Any other claim
-        is orphaned when its lease expires.
+        is orphaned when its lease expires. A ``.clm`` name that is no claim's goes back to
+        ``ready/`` as it is, a stray there (see :func:`_stray`), quarantined and counted by the sender.
         """
         recovered = 0
         for name in self._names("inflight"):
             parsed = _parse_claim(name)
             if parsed is None:
                 if name.endswith(".clm"):
-                    self.quarantine("inflight", name, "badname")
+                    _rename_quietly(self._path("inflight", name), self._path("ready", name))
                 continue
             entry, node, pid, nonce, mode, lease = parsed
             mine = (node, pid, nonce) == (self.node, self.pid, self.nonce)
@@ -398,12 +464,9 @@ class DiskQueue:
         removed = 0
         for sub in ("ready", "inflight"):
             for name in self._names(sub):
-                entry = parse_entry(name.split(".chq")[0] + ".chq")
-                try:
-                    os.unlink(self._path(sub, name))
-                except OSError:
-                    continue
-                removed += entry.count - entry.done if entry else 0
+                entry = _entry_of(sub, name)
+                if _remove(self._path(sub, name)):
+                    removed += entry.count - entry.done if entry else 0
         return removed
 
     def wipe(self) -> int:
@@ -413,16 +476,21 @@ class DiskQueue:
         removed = self.purge()
         for sub in ("tmp", "dead", "corrupt"):
             for name in self._names(sub):
-                unlink_quietly(self._path(sub, name))
+                _remove(self._path(sub, name))
         return removed
 
     # -- keeping things bounded ------------------------------------------------------------
-    def quarantine(self, sub: str, name: str, reason: str) -> None:
+    def quarantine(self, sub: str, name: str, reason: str) -> bool:
+        """Move ``sub/name`` into ``corrupt/``, or delete it where it cannot go; False when it was gone."""
+        path = self._path(sub, name)
         try:
-            os.rename(self._path(sub, name), self._path("corrupt", f"{name}.{reason}.bad"))
+            # a stray's name may be as long as a name can be: the suffix must still fit
+            os.rename(path, self._path("corrupt", f"{name[:200]}.{reason}.bad"))
         except OSError:
-            unlink_quietly(self._path(sub, name))
+            if not _remove(path):
+                return False
         self._trim("corrupt")
+        return True
 
     def dead_letter(self, record: dict, detail: str) -> None:
         """Keep a record the server rejected, with the reason, for ``callhome status``/inspection."""
@@ -437,12 +505,13 @@ class DiskQueue:
     def _trim(self, sub: str) -> None:
         names = self._names(sub)
         for name in names[:max(len(names) - MAX_KEPT_BAD, 0)]:
-            unlink_quietly(self._path(sub, name))
+            _remove(self._path(sub, name))
 
     def prune(self, now: float, max_events: int, max_bytes: int, max_age: float) -> dict:
         """Drop expired batches, then the oldest until under the caps; returns {reason: records}."""
         dropped = {"expired": 0, "queue_full": 0}
-        entries = sorted(self.entries(), key=lambda e: e.created)
+        # strays are left to the sender, which quarantines and counts them
+        entries = sorted((e for e in self.entries() if e.batch), key=lambda e: e.created)
         events = sum(e.count - e.done for e in entries)
         size = sum(e.size for e in entries)
         for entry in entries:
@@ -460,14 +529,15 @@ class DiskQueue:
         return dropped
 
     def _sweep_tmp(self, now: float) -> None:
-        """Drop writes a crash left behind (open batches are records: they are adopted instead)."""
+        """Drop writes a crash left behind, and whatever else lies there (open batches are records:
+        they are adopted instead)."""
         for name in self._names("tmp"):
-            if name.endswith(_OPEN):
+            if _open_owner(name) is not None:
                 continue
             path = self._path("tmp", name)
             try:
-                if now - os.stat(path).st_mtime > 3600:
-                    os.unlink(path)
+                if now - os.lstat(path).st_mtime > 3600:
+                    _remove(path)
             except OSError:
                 pass
 
@@ -489,10 +559,101 @@ class DiskQueue:
         return self._path("locks", name + ".lock")
 
 
-def _read_lines(path: str) -> list:
-    """The lines of a batch file. :raises OSError: when it is gone (claimed or deleted meanwhile)."""
-    with open(path, "rb") as f:
-        return f.read(_MAX_FILE).splitlines(keepends=True)
+def _open_file(path: str) -> BinaryIO | None:
+    """A reader of ``path`` when it is a regular file we may read; None for anything else: a
+    directory, a FIFO (opened without blocking), a device, a link (not followed).
+
+    :raises FileNotFoundError: when it is gone.
+    """
+    try:
+        fd = os.open(path, _SAFE_OPEN)
+    except FileNotFoundError:
+        raise
+    except OSError:  # ELOOP: a link; EACCES; ENXIO: a socket
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return os.fdopen(fd, "rb")
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _read_lines(path: str, limit: int) -> list:
+    """Up to ``limit`` lines of a batch file, an empty one for each line longer than ``MAX_LINE``
+    (it reads as no record); none when it is not a regular file we may read.
+
+    :raises FileNotFoundError: when it is gone (claimed or deleted meanwhile).
+    """
+    lines: list = []
+    reader = _open_file(path)
+    if reader is None:
+        return lines
+    budget = _MAX_FILE
+    with reader:
+        try:
+            while len(lines) < limit and budget > 0:
+                line = reader.readline(MAX_LINE + 1)
+                if not line:
+                    break
+                budget -= len(line)
+                if len(line) > MAX_LINE and not line.endswith(b"\n"):
+                    budget -= _skip_line(reader, budget)
+                    line = b""
+                lines.append(line)
+        except OSError:
+            pass  # an I/O error: the lines read so far, the others count as missing
+    return lines
+
+
+def _skip_line(reader: BinaryIO, budget: int) -> int:
+    """Read past the rest of an overlong line a chunk at a time; the bytes read."""
+    skipped = 0
+    while skipped < budget:
+        chunk = reader.readline(_CHUNK)
+        skipped += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            break
+    return skipped
+
+
+def _count_lines(path: str) -> int:
+    """How many lines :func:`_read_lines` finds in an open batch (the last one with or without its
+    newline); one for what is not a regular file we may read, which reads as one unreadable record."""
+    reader = _open_file(path)
+    if reader is None:
+        return 1
+    count, last = 0, b"\n"
+    with reader:
+        for _ in range(_MAX_FILE // _CHUNK):
+            chunk = reader.read(_CHUNK)
+            if not chunk:
+                break
+            count, last = count + chunk.count(b"\n"), chunk[-1:]
+    return count + (last != b"\n")
+
+
+def _remove(path: str) -> bool:
+    """Delete ``path``, a directory tree planted where a file belongs included; False when it was
+    not there or could not be deleted."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            import shutil  # only for a directory where a file belongs
+
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+def _rename_quietly(source: str, target: str) -> None:
+    try:
+        os.rename(source, target)
+    except OSError:
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -523,6 +684,15 @@ def _open_owner(name: str) -> tuple | None:
     if len(parts) != 4 or not parts[1].isdigit():
         return None
     return parts[0], int(parts[1]), parts[2]
+
+
+def _entry_of(sub: str, name: str) -> Entry | None:
+    """The batch a name in ``ready/`` or ``inflight/`` stands for; None for any other name (one
+    that only contains a batch's would never be sent, and would keep the depth from reaching 0)."""
+    if sub == "ready":
+        return parse_entry(name)
+    claim = _parse_claim(name)
+    return claim[0] if claim else None
 
 
 def _parse_claim(name: str) -> tuple | None:

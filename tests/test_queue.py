@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+import tracemalloc
+import uuid
 import zlib
 
 import pytest
-from conftest import run_host, start_host
+from conftest import PRODUCT, host_options, payloads, run_host, start_host
 
 from callhome.memqueue import MemoryQueue
-from callhome.queue import MAX_BATCH, MAX_KEPT_BAD, MAX_LEASE, MAX_OPEN, DiskQueue, frame, parse_entry, unframe
+from callhome.queue import (MAX_BATCH, MAX_KEPT_BAD, MAX_LEASE, MAX_OPEN, DiskQueue, entry_name, frame,
+                            parse_entry, unframe)
 
 NOW = time.time()
 
@@ -79,6 +83,10 @@ GOOD = frame(record(7, meta={"command": "build"}))
     _crc_line(b'{"payload": "string"}'),
     _crc_line(b"{not json"),
     _crc_line(b'{"payload": {"a": "\xff\xfe"}}'),        # not UTF-8
+    pytest.param(_crc_line(b"[" * 100000), id="nested-arrays"),  # deeper than the recursion limit
+    pytest.param(_crc_line(b'{"payload": ' * 100000), id="nested-objects"),
+    pytest.param(_crc_line(b'{"payload": {"meta": ' + b"[" * 100 + b"]" * 100 + b"}}"), id="nested-100"),
+    _crc_line(b"null"),
 ])
 def test_unframe_rejects_bad_lines(line):
     assert unframe(line) is None
@@ -131,6 +139,12 @@ def test_names_parse_back(disk):
     "1795440000000-1795440000000-00-000-005-00000100-0123456789abcde.chq",    # short batch id
     "17954400000x0-1795440000000-00-000-005-00000100-0123456789abcdef.chq",
     "-1795440000000-00-000-005-00000100-0123456789abcdef.chq",
+    "1795440000000-1795440000000-00-000-999999999-00000100-0123456789abcdef.chq",  # a huge count
+    "1795440000000-1795440000000-999-000-005-00000100-0123456789abcdef.chq",       # a huge attempt
+    "1795440000000-1795440000000-00-000-005-999999999999-0123456789abcdef.chq",    # a huge size
+    "17954400000000-1795440000000-00-000-005-00000100-0123456789abcdef.chq",       # sorts out of order
+    "1795440000000-1795440000000-00-000-005-00000100-0123456789ABCDEG.chq",        # not a batch id
+    "1795440000000-1795440000000-00-000-\u0665-00000100-0123456789abcdef.chq",     # a digit, not ASCII
 ])
 def test_parse_entry_refuses_bad_names(name):
     assert parse_entry(name) is None
@@ -150,11 +164,10 @@ def test_depth_comes_from_names_and_counts_claims(queue):
 def test_depth_sees_a_batch_that_moves_between_ready_and_inflight_while_it_lists(disk):
     """A claim (ready → inflight) or a release (inflight → ready) during the listing must not make
     the batch vanish from the depth: a flush that read 0 would return before it was sent."""
-    import threading
-
     disk.put(lines(3), NOW)
     [name] = listing(disk, "ready")
-    ready, inflight = (os.path.join(disk.dir, sub, name) for sub in ("ready", "inflight"))
+    ready = os.path.join(disk.dir, "ready", name)
+    inflight = os.path.join(disk.dir, "inflight", disk.claim_name(parse_entry(name), "L", NOW + 60))
     stop, seen = threading.Event(), set()
 
     def move():  # one move at a time, as a claim or a release makes (not two within one listing)
@@ -174,6 +187,16 @@ def test_depth_sees_a_batch_that_moves_between_ready_and_inflight_while_it_lists
         stop.set()
         mover.join()
     assert seen == {3}
+
+
+def test_depth_counts_only_names_a_sender_would_send(disk):
+    """A name that merely contains a batch's is never claimed: counted, it would keep flush() waiting."""
+    disk.put(lines(3), NOW)
+    other = entry_name(NOW, NOW, 0, 0, 5, 100, "0123456789abcdef")
+    for sub, junk in (("ready", other + ".junk"), ("inflight", other + ".junk"), ("inflight", other)):
+        open(os.path.join(disk.dir, sub, junk), "w").close()
+    assert disk.depth()[0] == 3
+    assert [r["payload"]["event_id"] for r in disk.peek(10)] == ["id-0", "id-1", "id-2"]
 
 
 def test_depth_ignores_file_contents(disk):
@@ -348,18 +371,23 @@ def test_recover_after_a_sender_process_died(disk, tmp_path):
 # -- quarantine and bounds -------------------------------------------------------------------
 
 
-def test_bad_names_in_ready_are_quarantined(disk):
+def test_bad_names_in_ready_are_quarantined_by_their_claim(disk):
     disk.put(lines(1), NOW)
     open(os.path.join(disk.dir, "ready", "garbage.chq"), "w").close()
-    assert len(list(disk.entries())) == 1
-    assert listing(disk, "ready") != [] and "garbage.chq" not in listing(disk, "ready")
+    stray, batch = disk.entries()
+    assert stray.name == "garbage.chq" and batch.count == 1
+    claim = disk.claim(stray, "L", NOW + 60)
+    assert disk.read(claim) == []  # no readable record: the sender counts the stray's one
+    assert listing(disk, "ready") == [batch.name]
     assert [n for n in listing(disk, "corrupt") if n.startswith("garbage.chq")]
 
 
-def test_bad_claim_names_are_quarantined_on_recover(disk):
+def test_bad_claim_names_go_back_to_ready_as_strays_on_recover(disk):
     open(os.path.join(disk.dir, "inflight", "nonsense.clm"), "w").close()
     assert disk.recover(True, NOW) == 0
-    assert listing(disk, "inflight") == []
+    assert listing(disk, "inflight") == [] and listing(disk, "ready") == ["nonsense.clm"]
+    [stray] = disk.entries()
+    disk.claim(stray, "L", NOW + 60)
     assert len(listing(disk, "corrupt")) == 1
 
 
@@ -378,7 +406,8 @@ def test_unreadable_batch_reads_as_none_and_is_quarantined(disk):
 def test_corrupt_directory_is_bounded(disk):
     for i in range(MAX_KEPT_BAD + 15):
         open(os.path.join(disk.dir, "ready", f"bad{i:03d}.chq"), "w").close()
-    list(disk.entries())
+    for stray in list(disk.entries()):
+        disk.claim(stray, "L", NOW + 60)
     assert listing(disk, "ready") == []
     assert len(listing(disk, "corrupt")) <= 50
 
@@ -547,3 +576,331 @@ def test_the_sweep_of_tmp_never_deletes_an_open_batch(disk):
     os.utime(disk._open[0], (old, old))
     disk.prune(time.time(), 10**6, 10**9, 10**9)
     assert disk.open_records == 1 and len(listing(disk, "tmp")) == 1
+
+
+# -- poison: whatever is planted in the queue is quarantined or skipped, counted, and never blocks --
+
+
+def _call_within(seconds: float, fn):
+    """``fn()`` on a thread: fails the test instead of hanging it when ``fn`` blocks (on a FIFO)."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # handed to the test below
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"{fn} blocked for {seconds} s"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _unblock(q: DiskQueue) -> None:
+    """Let a reader stuck opening a FIFO of the queue go (a reader that opens one blocks)."""
+    for sub in ("ready", "inflight", "tmp"):
+        for name in listing(q, sub):
+            try:
+                os.close(os.open(os.path.join(q.dir, sub, name), os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+
+def _batch_name(count: int, size: int = 0) -> str:
+    return entry_name(time.time(), time.time(), 0, 0, count, size, os.urandom(8).hex())
+
+
+def _write(path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _plant_batch(folder, lines_: list) -> str:
+    data = b"".join(lines_)
+    name = _batch_name(len(lines_), len(data))
+    _write(os.path.join(folder, name), data)
+    return name
+
+
+HUGE_LINE = b"7" * (20 << 20) + b"\n"
+NESTED = _crc_line(b"[" * 100000)
+
+
+def _not_a_file(make):
+    """Plant something that is not a regular file under a batch's name (its name counts 2 records)."""
+    def plant(ready, outside):
+        name = _batch_name(2)
+        make(os.path.join(ready, name), outside)
+        return name, []
+    return plant
+
+
+def _mkdir_with_a_file(path, outside):
+    os.mkdir(path)
+    _write(os.path.join(path, "inside"), b"x")
+
+
+def _outside_batch(outside) -> str:
+    """A file of valid records outside the queue: a link to it must not be followed."""
+    path = os.path.join(outside, "elsewhere.chq")
+    _write(path, frame(record(99)) * 2)
+    return path
+
+
+def _between_good(bad: bytes):
+    """A good record, ``bad``, a good record: the good ones must still go out."""
+    def plant(ready, outside):
+        (first, a), (last, b) = _planted(), _planted()
+        return _plant_batch(ready, [a, bad, b]), [first, last]
+    return plant
+
+
+def _planted() -> tuple:
+    """(event_id, framed line) of a record the collector accepts."""
+    event_id = str(uuid.uuid4())
+    payload = {"source": "TELEMETRY", "environment": "PRODUCTION", "product_id": PRODUCT,
+               "user_agent": "planted/1.0", "activity_type": "planted", "event_id": event_id,
+               "event_at": int(time.time()), "meta": {}}
+    return event_id, frame({"v": 1, "kind": "usage", "payload": payload})
+
+
+def _plant_torn(ready, outside):
+    (a, first), (b, second), (_, third) = _planted(), _planted(), _planted()
+    return _plant_batch(ready, [first, second, third[:-20]]), [a, b]
+
+
+def _plant_crc_flip(ready, outside):
+    (a, first), (_, flipped), (b, last) = _planted(), _planted(), _planted()
+    return _plant_batch(ready, [first, b"%08x" % (int(flipped[:8], 16) ^ 1) + flipped[8:], last]), [a, b]
+
+
+def _plant_bad_name(ready, outside):
+    _write(os.path.join(ready, "not-a-batch.chq"), _planted()[1])
+    return "not-a-batch.chq", []
+
+
+def _plant_huge_count(ready, outside):
+    data = _planted()[1] + _planted()[1]
+    name = f"{int(time.time() * 1000):013d}-{int(time.time() * 1000):013d}-999-000-999999999-" \
+           f"{len(data):08d}-{os.urandom(8).hex()}.chq"
+    _write(os.path.join(ready, name), data)
+    return name, []
+
+
+def _plant_unreadable(ready, outside):
+    name = _plant_batch(ready, [_planted()[1], _planted()[1]])
+    os.chmod(os.path.join(ready, name), 0)
+    return name, []
+
+
+def _plant_content(data: bytes, count: int):
+    def plant(ready, outside):
+        name = _batch_name(count)
+        _write(os.path.join(ready, name), data)
+        return name, []
+    return plant
+
+
+#: kind: (plant(ready, outside) -> (name, good event ids in it), records counted corrupt, quarantined whole)
+POISON = {
+    "garbage": (_between_good(b"\x00\xff\xfe garbage \x80\x81\n"), 1, False),
+    "torn_last_line": (_plant_torn, 1, False),
+    "crc_flip": (_plant_crc_flip, 1, False),
+    "directory": (_not_a_file(_mkdir_with_a_file), 2, True),
+    "fifo": (_not_a_file(lambda path, outside: os.mkfifo(path)), 2, True),
+    "line_of_20_mb": (_between_good(HUGE_LINE), 1, False),
+    "nested_json": (_between_good(NESTED), 1, False),
+    "null_record": (_between_good(_crc_line(b"null")), 1, False),
+    "no_payload": (_between_good(_crc_line(b'{"v": 1, "kind": "usage"}')), 1, False),
+    "bad_name": (_plant_bad_name, 1, True),
+    "symlink": (_not_a_file(lambda path, outside: os.symlink(_outside_batch(outside), path)), 2, True),
+    "empty_file": (_plant_content(b"", 2), 2, True),
+    "only_newlines": (_plant_content(b"\n\n\n", 3), 3, True),
+    "huge_count_and_attempt": (_plant_huge_count, 1, True),
+    "unreadable": (_plant_unreadable, 2, True),
+}
+
+#: A host tracks three events and flushes until its flush succeeds (the first may say False: a
+#: record dropped meanwhile was not delivered), then waits until its status shows the count.
+POISON_HOST = """
+import json, time
+import callhome
+callhome.init({options})
+ids = [callhome.track("host_event") for _ in range(3)]
+started = time.monotonic()
+flushed = False
+while not flushed and time.monotonic() - started < 15:
+    flushed = callhome.flush(5)
+seconds = time.monotonic() - started
+status = callhome.status()
+while status["dropped"].get("corrupt", 0) < {corrupt} and time.monotonic() - started < 20:
+    time.sleep(0.05)
+    status = callhome.status()
+print(json.dumps({{"ids": ids, "flushed": flushed, "seconds": seconds, "status": status}}, default=str))
+"""
+
+
+def _run_poison_host(collector, state_dir, corrupt: int) -> dict:
+    code = POISON_HOST.format(options=host_options(collector, state_dir), corrupt=corrupt)
+    done = run_host(code, timeout=90)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    [line] = done.stdout.splitlines()  # nothing printed but the host's own line
+    return json.loads(line)
+
+
+@pytest.mark.parametrize("kind", list(POISON))
+def test_a_poison_file_in_ready_is_quarantined_and_counted_and_the_good_records_go_out(
+        kind, collector, state_dir, tmp_path):
+    plant, corrupt, whole = POISON[kind]
+    if kind == "unreadable" and hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("root reads a file of mode 000")
+    queue = DiskQueue(os.path.join(state_dir, PRODUCT)).open()
+    name, good = plant(os.path.join(queue.dir, "ready"), str(tmp_path))
+    try:
+        result = _run_poison_host(collector, state_dir, corrupt)
+    finally:
+        _unblock(queue)
+    assert result["flushed"] and result["seconds"] < 10, result
+    assert sorted(p["event_id"] for p in payloads(collector)) == sorted(good + result["ids"])
+    assert collector.store.stats()["duplicates"] == 0
+    assert result["status"]["dropped"] == {"corrupt": corrupt}
+    assert result["status"]["queued"] == 0
+    assert listing(queue, "ready") == listing(queue, "inflight") == listing(queue, "tmp") == []
+    assert bool([n for n in listing(queue, "corrupt") if n.startswith(name)]) == whole
+
+
+def test_poison_in_inflight_and_tmp_is_quarantined_and_counted(collector, state_dir, tmp_path):
+    """Claims of a sender that died (their lease expired) and open batches of a process that died,
+    as directories, FIFOs, links and bad records; and a FIFO left in ``tmp/`` under no batch's name."""
+    queue = DiskQueue(os.path.join(state_dir, PRODUCT)).open()
+    inflight, tmp = (os.path.join(queue.dir, sub) for sub in ("inflight", "tmp"))
+    outside = _outside_batch(str(tmp_path))
+    gone = 999_999_999  # no such process
+
+    def claimed(count: int) -> str:
+        return os.path.join(inflight, f"{_batch_name(count)}.{queue.node}.{gone}.abcdef.L.{0:013d}.clm")
+
+    def opened(seq: int) -> str:
+        return os.path.join(tmp, f"{queue.node}.{gone}.abcdef.{seq}.open")
+
+    (a, first), (b, second), (c, third) = _planted(), _planted(), _planted()
+    _mkdir_with_a_file(claimed(2), outside)
+    os.mkfifo(claimed(1))
+    os.symlink(outside, claimed(1))
+    _write(claimed(2), first + b"garbage\n")
+    _write(os.path.join(inflight, "nonsense.clm"), _planted()[1])  # a stray: its record is not sent
+    _mkdir_with_a_file(opened(1), outside)
+    os.mkfifo(opened(2))
+    os.symlink(outside, opened(3))
+    _write(opened(4), second + NESTED + third)
+    os.mkfifo(os.path.join(tmp, "junk.tmp"))  # no batch: swept once an hour old
+    try:
+        result = _run_poison_host(collector, state_dir, 10)
+    finally:
+        _unblock(queue)
+    assert result["flushed"] and result["seconds"] < 10, result
+    assert sorted(p["event_id"] for p in payloads(collector)) == sorted([a, b, c] + result["ids"])
+    # inflight: 2 + 1 + 1 (as their names count), the garbage line, the stray; tmp: one for each
+    # thing that is not a file, and the nested line
+    assert result["status"]["dropped"] == {"corrupt": 10}
+    assert listing(queue, "ready") == listing(queue, "inflight") == []
+    assert listing(queue, "tmp") == ["junk.tmp"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink_to_records", "symlink_to_dev_zero"])
+def test_reading_what_is_not_a_file_never_blocks_follows_or_raises(disk, tmp_path, kind):
+    name = _batch_name(2)
+    path = os.path.join(disk.dir, "ready", name)
+    {"directory": lambda: os.mkdir(path), "fifo": lambda: os.mkfifo(path),
+     "symlink_to_records": lambda: os.symlink(_outside_batch(str(tmp_path)), path),
+     "symlink_to_dev_zero": lambda: os.symlink("/dev/zero", path)}[kind]()
+    try:
+        assert _call_within(5, lambda: disk.peek(10)) == []
+        claim = disk.claim(next(disk.entries()), "L", NOW + 60)
+        assert not any(_call_within(5, lambda: disk.read(claim)))
+    finally:
+        _unblock(disk)
+    disk.quarantine("inflight", claim.name, "unreadable")
+    assert listing(disk, "inflight") == [] and len(listing(disk, "corrupt")) == 1
+
+
+def test_a_line_of_20_mb_is_skipped_in_bounded_memory_and_the_records_around_it_are_read(disk):
+    _plant_batch(os.path.join(disk.dir, "ready"), [frame(record(1)), HUGE_LINE, frame(record(2))])
+    claim = disk.claim(next(disk.entries()), "L", NOW + 60)
+    tracemalloc.start()
+    try:
+        records = disk.read(claim)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert records == [record(1), None, record(2)]
+    assert peak < 4 << 20
+
+
+def test_an_open_batch_of_20_mb_is_adopted_in_bounded_memory(disk):
+    _write(os.path.join(disk.dir, "tmp", f"{disk.node}.999999999.abcdef.1.open"),
+           frame(record(1)) + HUGE_LINE + frame(record(2)))
+    tracemalloc.start()
+    try:
+        assert disk.adopt_orphans(time.time()) == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [e.count for e in disk.entries()] == [3]
+    assert peak < 4 << 20
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
+def test_an_open_batch_that_is_not_a_file_is_published_as_one_unreadable_record(disk, tmp_path, kind):
+    path = os.path.join(disk.dir, "tmp", f"{disk.node}.999999999.abcdef.1.open")
+    {"directory": lambda: os.mkdir(path), "fifo": lambda: os.mkfifo(path),
+     "symlink": lambda: os.symlink(_outside_batch(str(tmp_path)), path)}[kind]()
+    try:
+        assert _call_within(5, lambda: disk.adopt_orphans(time.time())) == 1
+    finally:
+        _unblock(disk)
+    [entry] = disk.entries()
+    assert entry.count == 1 and listing(disk, "tmp") == []
+    assert not any(disk.read(disk.claim(entry, "L", NOW + 60)))
+
+
+def test_a_stray_in_ready_is_offered_first_and_quarantined_by_its_claimer_alone(disk):
+    """Offered before the batches (a sender stops at the first batch not yet due), claimed once
+    (counted once), left alone by prune (the sender counts it)."""
+    disk.put(lines(1), NOW + 3600)
+    _write(os.path.join(disk.dir, "ready", "zzz-not-a-batch.chq"), b"x")
+    stray, batch = disk.entries()
+    assert stray.name == "zzz-not-a-batch.chq" and (stray.count, stray.done, stray.not_before) == (1, 0, 0)
+    assert disk.depth()[0] == 1  # a stray holds no records the names could count
+    assert disk.prune(NOW + 7200, 10**6, 10**9, 1) == {"expired": 1, "queue_full": 0}
+    assert listing(disk, "ready") == ["zzz-not-a-batch.chq"]
+    claim = disk.claim(stray, "L", NOW + 60)
+    assert disk.claim(stray, "L", NOW + 60) is None
+    assert disk.read(claim) == [] and listing(disk, "ready") == []
+    assert [n for n in listing(disk, "corrupt") if n.startswith("zzz-not-a-batch.chq")]
+
+
+def test_a_batch_is_read_no_further_than_its_name_counts(disk):
+    """More lines than its name counts would make its claim's progress run past the name's count."""
+    _plant_batch(os.path.join(disk.dir, "ready"), lines(2))
+    [name] = listing(disk, "ready")
+    with open(os.path.join(disk.dir, "ready", name), "ab") as f:
+        f.write(b"".join(lines(3, 2)))
+    claim = disk.claim(next(disk.entries()), "L", NOW + 60)
+    assert disk.read(claim) == [record(0), record(1)]
+
+
+def test_directories_in_corrupt_are_trimmed_and_wiped(disk):
+    for i in range(MAX_KEPT_BAD + 5):
+        os.makedirs(os.path.join(disk.dir, "corrupt", f"{i:03d}.badname.bad", "inside"))
+    _write(os.path.join(disk.dir, "ready", "x"), b"x")
+    assert disk.quarantine("ready", "x", "test")
+    assert len(listing(disk, "corrupt")) == MAX_KEPT_BAD
+    os.mkdir(os.path.join(disk.dir, "tmp", "left.tmp"))
+    disk.wipe()
+    assert listing(disk, "corrupt") == listing(disk, "tmp") == []
