@@ -128,6 +128,24 @@ def test_all_twenty_slots_and_a_license_fit_in_one_record(make_agent, collector)
                                                                                     for i in range(1, 21)]
 
 
+def test_a_call_home_with_many_keys_is_capped_to_what_the_schema_takes_and_delivered(make_agent, collector):
+    """30 host meta keys, 20 custom properties and a license exceed the schema's 64 meta keys:
+    the record must still be one the collector takes, with what was left out named."""
+    agent = make_agent(license_secret="s", product_version="1")
+    for slot in range(1, 21):
+        agent.set_property(slot, f"value {slot}")
+    agent.set_license(type="purchased", expired=False, activated=True, blocked=False, allowed=True, key="k")
+    event_id = agent.call_home(meta={f"host_{i:02d}": i for i in range(30)})
+    assert agent.flush(10)
+    (record,) = [e for e in collector.store.events(limit=100) if e["event_id"] == event_id]
+    meta = record["payload"]["meta"]
+    assert len(meta) == 64 and all(f"host_{i:02d}" in meta for i in range(30)), sorted(meta)
+    assert meta["os"] and meta["installation_id"], "the detected properties come before custom ones"
+    status = agent.status()
+    assert status["rejected"] == 0 and status["dropped"] == {}, status
+    assert any("capped at 64 keys" in p and "left out" in p for p in status["problems"]), status["problems"]
+
+
 @pytest.mark.parametrize("slot", [0, 21, "3"])
 def test_a_bad_slot_raises_in_strict_mode(make_agent, slot):
     agent = make_agent(strict=True)

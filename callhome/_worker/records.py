@@ -19,6 +19,8 @@ from ..config import Config
 from ..payload import (MAX_KEY, MAX_META_BYTES, MAX_META_KEYS, MAX_STRING, Rejected, call_label, clean_activity,
                        clean_category, clean_meta, clean_user, coerce_event_at)
 from ..queue import frame, frame_json
+from ..schema import MAX_META_KEYS as SCHEMA_META_KEYS
+from ..schema import validate
 
 __all__ = ["Records"]
 
@@ -93,13 +95,39 @@ class Records:
             lines.append(line)
         return lines
 
-    def _built(self, record: dict, installation_id: str | None) -> bytes:
-        meta = record["payload"].setdefault("meta", {})
+    def _built(self, record: dict, installation_id: str | None) -> bytes | None:
+        """A record the host side built, with the client properties it carries, checked by the
+        schema the collector applies (a record it would refuse is dropped here, and named)."""
+        payload = record["payload"]
+        meta = payload.setdefault("meta", {})
         if installation_id:
             meta["installation_id"] = installation_id
         if record.pop("props", False):
-            meta.update((k, v) for k, v in self.client_properties().items() if k not in meta)
+            self._add_properties(payload, meta)
+        errors = validate(payload, "aggregate" if record.get("kind") == "aggregate" else "usage")
+        if errors:
+            self._refuse(payload.get("activity_type"), f"{errors[0].field} {errors[0].message}")
+            return None
         return frame(record)
+
+    def _add_properties(self, payload: dict, meta: dict) -> None:
+        """The client properties, up to the schema's cap on meta keys. At the cap the record's own
+        meta (the host's keys and callhome's) comes first, then the properties in their order:
+        detected (OS, Python, ...), the product's fields, then the license and custom properties
+        as they were set. What does not fit is left out and named in ``problems``."""
+        left_out = []
+        for key, value in self.client_properties().items():
+            if key in meta:
+                continue
+            if len(meta) >= SCHEMA_META_KEYS:
+                left_out.append(key)
+                continue
+            meta[key] = value
+        if left_out:
+            self.state.counters.add("coerced")
+            self.state.problems.append(
+                f"{payload.get('activity_type')} meta is capped at {SCHEMA_META_KEYS} keys: "
+                f"{', '.join(left_out[:8])}{' ...' if len(left_out) > 8 else ''} left out")
 
     def _raw(self, raw: tuple) -> bytes | None:
         _, activity, user_id, user_id_type, meta, event_at, category, now, event_id = raw
