@@ -28,7 +28,7 @@ import stat
 import time
 import zlib
 
-from ._fs import atomic_write, ensure_private_dir, pid_alive, read_json, unlink_quietly, write_json
+from ._fs import atomic_write, ensure_private_dir, fsync_dir, pid_alive, read_json, unlink_quietly, write_json
 
 __all__ = ["Claim", "DiskQueue", "Entry", "entry_name", "frame", "frame_json", "parse_entry", "unframe"]
 
@@ -245,6 +245,8 @@ class DiskQueue:
             chunk, lines = lines[:MAX_OPEN - batch[2]], lines[MAX_OPEN - batch[2]:]
             data = b"".join(chunk)
             _write_all(batch[1], data)
+            if self.fsync:  # on the device before the worker counts them persisted
+                _fdatasync(batch[1])
             batch[2] += len(chunk)
             batch[3] += len(data)
             written += len(data)
@@ -262,6 +264,8 @@ class DiskQueue:
         path = self._path("tmp", f"{self.node}.{self.pid}.{self.nonce}.{self._seq}{_OPEN}")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._open = [path, fd, 0, 0, now]
+        if self.fsync:  # the file's name too: a power loss must not take the records with it
+            fsync_dir(self._path("tmp"))
 
     def publish(self) -> None:
         """Publish the open batch into ``ready/`` (one ``rename``); nothing when none is open.
@@ -286,7 +290,7 @@ class DiskQueue:
         name = entry_name(created, created, 0, 0, count, size, os.urandom(8).hex())
         os.rename(path, self._path("ready", name))
         if self.fsync:
-            _fsync_dir(self._path("ready"))
+            fsync_dir(self._path("ready"))
 
     def adopt_orphans(self, now: float) -> int:
         """Publish the open batches of processes that died (or left them untouched for
@@ -662,18 +666,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _fsync_dir(path: str) -> None:
-    """Make a rename into ``path`` survive power loss (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _fdatasync(fd: int) -> None:
+    """The file's data on the device (``fsync`` where ``fdatasync`` does not exist: macOS, Windows)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def _open_owner(name: str) -> tuple | None:

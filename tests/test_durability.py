@@ -459,14 +459,16 @@ def test_a_full_disk_is_tried_again_and_every_record_is_kept_or_counted(collecto
 
 FSYNC_HOST = """
     import json, os
-    _real_fsync, synced = os.fsync, []
+    synced = []
 
-    def _fsync(fd):
-        # which file or directory each fsync flushes (relative to the data dir)
-        synced.append(os.path.relpath(os.readlink("/proc/self/fd/%d" % fd), {state_dir!r}))
-        return _real_fsync(fd)
+    def _recording(flush):
+        def _flush(fd):
+            # which file or directory each flush reaches (relative to the data dir)
+            synced.append(os.path.relpath(os.readlink("/proc/self/fd/%d" % fd), {state_dir!r}))
+            return flush(fd)
+        return _flush
 
-    os.fsync = _fsync
+    os.fsync, os.fdatasync = _recording(os.fsync), _recording(os.fdatasync)
     import callhome
     callhome.init({options})
     callhome.start_session("fsync-session")
@@ -492,7 +494,7 @@ def test_fsync_true_flushes_every_file_that_holds_accepted_data_and_its_director
     def flushed(prefix: str) -> bool:
         return any(path == product + prefix or path.startswith(product + prefix + os.sep) for path in synced)
 
-    wanted = ["queue-v1/ready", "aggregate-v1", "sessions"]
+    wanted = ["queue-v1/ready", "queue-v1/tmp", "aggregate-v1", "sessions"]
     if fsync:
         missing = [where for where in wanted if not flushed(where)]
         assert missing == [], synced
