@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .queue import MAX_BATCH, Claim, Entry, entry_name, parse_entry, unframe
+from .queue import MAX_BATCH, Claim, Entry, entry_name, parse_entry, space, unframe
 
 __all__ = ["MemoryQueue"]
 
@@ -56,7 +56,8 @@ class MemoryQueue:
 
     def depth(self) -> tuple[int, int]:
         entries = [parse_entry(n) for n in (*self._ready, *(c.entry.name for c in self._inflight))]
-        return (sum(e.count - e.done for e in entries if e), sum(e.size for e in entries if e))
+        # counted as the disk queue counts (the same caps apply): the space its files would take
+        return (sum(e.count - e.done for e in entries if e), sum(space(e.size) for e in entries if e))
 
     def claim(self, entry: Entry, mode: str, lease_until: float) -> Claim | None:
         lines = self._ready.pop(entry.name, None)
@@ -120,7 +121,7 @@ class MemoryQueue:
                 del self._ready[entry.name]
                 dropped["expired" if expired else "queue_full"] += entry.count - entry.done
                 events -= entry.count - entry.done
-                size -= entry.size
+                size -= space(entry.size)
         return dropped
 
     def state(self, name: str) -> dict:

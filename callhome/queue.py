@@ -30,7 +30,7 @@ import zlib
 
 from ._fs import atomic_write, ensure_private_dir, fsync_dir, pid_alive, read_json, unlink_quietly, write_json
 
-__all__ = ["Claim", "DiskQueue", "Entry", "entry_name", "frame", "frame_json", "parse_entry", "unframe"]
+__all__ = ["BLOCK", "Claim", "DiskQueue", "Entry", "entry_name", "frame", "frame_json", "parse_entry", "space", "unframe"]
 
 _SUBDIRS = ("tmp", "ready", "inflight", "corrupt", "dead", "locks", "state")
 MAX_BATCH = 64
@@ -350,9 +350,10 @@ class DiskQueue:
         yield from (entry for entry in parsed if entry is not None)
 
     def depth(self) -> tuple[int, int]:
-        """(records, bytes) waiting in ``ready/`` and ``inflight/``, from names alone, and in this
-        process's open batch."""
-        events, size = (self._open[2], self._open[3]) if self._open else (0, 0)
+        """(records, bytes on disk) waiting in ``ready/`` and ``inflight/``, from names alone, and
+        in this process's open batch. The bytes are the space the files take (``space``), which
+        is what a cap on the disk must count: a file of 300 bytes takes a block."""
+        events, size = (self._open[2], space(self._open[3])) if self._open else (0, 0)
         # A batch can move while the directories are listed: claimed (ready → inflight) or
         # released and recovered (inflight → ready). Listing ready/ again after inflight/ sees
         # it either way; each batch counts once (its id stays in its name).
@@ -364,7 +365,7 @@ class DiskQueue:
                     batches[entry.batch] = entry
         for entry in batches.values():
             events += entry.count - entry.done
-            size += entry.size
+            size += space(entry.size)
         return events, size
 
     def peek(self, limit: int) -> list:
@@ -517,7 +518,7 @@ class DiskQueue:
         # strays are left to the sender, which quarantines and counts them
         entries = sorted((e for e in self.entries() if e.batch), key=lambda e: e.created)
         events = sum(e.count - e.done for e in entries)
-        size = sum(e.size for e in entries)
+        size = sum(space(e.size) for e in entries)
         for entry in entries:
             expired = now - entry.created > max_age
             if not expired and events <= max_events and size <= max_bytes:
@@ -528,7 +529,7 @@ class DiskQueue:
                 continue
             dropped["expired" if expired else "queue_full"] += entry.count - entry.done
             events -= entry.count - entry.done
-            size -= entry.size
+            size -= space(entry.size)
         self._sweep_tmp(now)
         return dropped
 
@@ -658,6 +659,15 @@ def _rename_quietly(source: str, target: str) -> None:
         os.rename(source, target)
     except OSError:
         pass
+
+
+#: The unit of the space a file takes on the usual file systems (ext4, APFS, NTFS): a 300-byte batch takes one.
+BLOCK = 4096
+
+
+def space(size: int) -> int:
+    """The bytes a file of ``size`` bytes takes on disk (whole blocks, at least one)."""
+    return max(-(-size // BLOCK), 1) * BLOCK
 
 
 def _write_all(fd: int, data: bytes) -> None:

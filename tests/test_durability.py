@@ -685,6 +685,67 @@ def test_offline_fleet_is_held_back_by_the_shared_backoff(collector, state_dir):
         assert json.load(f)["failures"] == collector.app.requests.total, "a failure was counted twice or lost"
 
 
+def _used_on_disk(directory: str) -> int:
+    return sum(os.stat(os.path.join(root, name)).st_blocks * 512
+               for root, _, names in os.walk(directory) for name in names)
+
+
+def test_the_byte_cap_counts_the_space_files_take(state_dir):
+    """One small batch per cycle takes a block each: the cap is on that, not on record bytes."""
+    queue = DiskQueue(os.path.join(state_dir, PRODUCT), False).open()
+    line = b"%08x %s\n" % (zlib.crc32(b'{"payload":{}}'), b'{"payload":{}}')
+    for i in range(40):
+        queue.put([line], time.time() - 40 + i)
+    cap = 10 * 4096
+    queue.prune(time.time(), max_events=10 ** 6, max_bytes=cap, max_age=86400)
+    ready = os.path.join(queue_dir(state_dir), "ready")
+    assert queue.depth()[1] <= cap and len(os.listdir(ready)) == 10
+    assert _used_on_disk(ready) <= cap, "the batches take more space than the cap"
+
+
+def test_processes_together_stay_within_the_record_cap_and_count_what_they_drop(collector, state_dir):
+    """Six long-running processes, 100 records each, a cap of 300 and the server down: none sees
+    another's open batch before it is published, so together they go over; within seconds, and
+    at the end, the queue is back within the cap, and every record is on disk or counted."""
+    collector.app.fail_all(503)
+    options = host_options(collector, state_dir, max_queue_events=300, sender="thread", exit_timeout=0.1)
+    code = f"""
+        import json, sys, callhome
+        callhome.init({options})
+        callhome.flush(0.2)  # the worker has looked at the queue: empty
+        print("ready", flush=True)
+        sys.stdin.readline()  # all six track at once
+        for i in range(100):
+            callhome.track("secondary1", meta={{"i": i}})
+        print("tracked", flush=True)
+        sys.stdin.readline()
+        callhome.shutdown(0.2)
+        print(json.dumps(callhome.status()["dropped"]))
+    """
+    hosts = [start_host(code, stdin=subprocess.PIPE) for _ in range(6)]
+    queue = DiskQueue(os.path.join(state_dir, PRODUCT), False).open()
+    try:
+        assert all(host.stdout.readline().strip() == "ready" for host in hosts)
+        for host in hosts:
+            host.stdin.write("go\n")
+            host.stdin.flush()
+        assert all(host.stdout.readline().strip() == "tracked" for host in hosts)
+        assert wait_until(lambda: queue.depth()[0] <= 300 and not os.listdir(os.path.join(queue_dir(state_dir), "tmp")),
+                          timeout=5), f"{queue.depth()[0]} records on disk against a cap of 300, processes running"
+    finally:
+        for host in hosts:
+            host.stdin.write("done\n")
+            host.stdin.flush()
+    dropped = 0
+    for host in hosts:
+        out, err = host.communicate(timeout=60)
+        assert host.returncode == 0 and err == "", err
+        dropped += json.loads(out).get("queue_full", 0)
+    on_disk = queue.depth()[0]
+    assert on_disk <= 300, f"{on_disk} records on disk against a cap of 300"
+    assert on_disk + dropped >= 600, (on_disk, dropped)  # every record is on disk or counted
+
+
 def test_a_full_queue_drops_its_oldest_records(make_agent, collector, state_dir):
     collector.app.fail_all(503)
     agent = make_agent(max_queue_events=10)

@@ -15,7 +15,7 @@ from conftest import PRODUCT, host_options, payloads, run_host, start_host
 
 from callhome.memqueue import MemoryQueue
 from callhome.queue import (MAX_BATCH, MAX_KEPT_BAD, MAX_LEASE, MAX_OPEN, DiskQueue, entry_name, frame,
-                            parse_entry, unframe)
+                            parse_entry, space, unframe)
 
 NOW = time.time()
 
@@ -101,7 +101,7 @@ def test_put_splits_into_batches_of_at_most_64(queue):
     assert sorted(e.count for e in entries) == [22, 64, 64]
     assert MAX_BATCH == 64
     assert written == sum(len(line) for line in lines(150)) == sum(e.size for e in entries)
-    assert queue.depth() == (150, written)
+    assert queue.depth() == (150, sum(space(e.size) for e in entries))  # the space the files take
 
 
 def test_put_leaves_nothing_in_tmp(disk):
@@ -154,7 +154,7 @@ def test_depth_comes_from_names_and_counts_claims(queue):
     queue.put(lines(10), NOW)
     queue.put(lines(5, 10), NOW)
     events, size = queue.depth()
-    assert (events, size) == (15, sum(len(line) for line in lines(15)))
+    assert (events, size) == (15, sum(space(e.size) for e in queue.entries()))
     claim = queue.claim(next(queue.entries()), "L", NOW + 60)
     assert queue.depth() == (15, size)
     queue.renew(claim, 4, NOW + 60)
@@ -441,7 +441,7 @@ def test_prune_drops_expired_first_then_oldest(queue):
 def test_prune_enforces_the_byte_cap(queue):
     for i in range(4):
         queue.put(lines(10, 10 + 10 * i), NOW - 100 + i)  # ids 10..49: equal sizes
-    batch_bytes = sum(len(line) for line in lines(10, 10))
+    batch_bytes = space(sum(len(line) for line in lines(10, 10)))  # what each batch file takes
     dropped = queue.prune(NOW, max_events=10 ** 6, max_bytes=2 * batch_bytes + 10, max_age=86400)
     assert dropped == {"expired": 0, "queue_full": 20}
     assert queue.depth()[1] <= 2 * batch_bytes + 10

@@ -67,8 +67,10 @@ class Spool:
     def put(self, lines: list) -> None:
         config = self.state.config
         self.refresh_depth()
-        events, size = self.depth
         incoming = sum(map(len, lines))
+        if self._near_cap(len(lines), incoming):  # count what the product's other processes wrote since
+            self.refresh_depth(force=True)
+        events, size = self.depth
         if events + len(lines) > config.max_queue_events or size + incoming > config.max_queue_bytes:
             self.prune(len(lines), incoming)  # the oldest make room: recent usage is worth more
             if self.depth[0] + len(lines) > config.max_queue_events:
@@ -92,10 +94,32 @@ class Spool:
         return max(self._opened_at + PUBLISH_AFTER - time.monotonic(), 0.0)
 
     def publish(self, force: bool = False) -> None:
-        """Publish the open batch if it is old enough, or ``force`` (a flush, exit)."""
+        """Publish the open batch if it is old enough, or ``force`` (a flush, exit).
+
+        Near a cap (by the cached count), and always for a flush or exit, the queue is counted again
+        once the batch is out, and pruned if the product's processes together went over it (each
+        one's open batch is invisible to the others until published): the last to publish brings
+        the queue back under its caps.
+        """
         if self._opened_at is not None and (force or self.publish_due() == 0.0):
             with self.state.persist_lock:
                 self._publish_quietly()
+                if force or self._near_cap():  # a flush, exit: one listing, and the product is in bounds
+                    self.refresh_depth(force=True)
+                    self.keep_within_caps()
+
+    def keep_within_caps(self) -> None:
+        """Prune when the queue, as last counted, is over a cap: every process of the product
+        writes to it, and none sees another's open batch before it is published."""
+        config = self.state.config
+        if self.depth[0] > config.max_queue_events or self.depth[1] > config.max_queue_bytes:
+            self.prune()
+
+    def _near_cap(self, events: int = 0, size: int = 0) -> bool:
+        """Within a fifth of a cap (with ``events``/``size`` more): the cached depth may be stale there."""
+        config = self.state.config
+        return (self.depth[0] + events > 0.8 * config.max_queue_events
+                or self.depth[1] + size > 0.8 * config.max_queue_bytes)
 
     def _publish_quietly(self) -> None:
         self._opened_at = None

@@ -314,6 +314,7 @@ class Worker:
         self.launcher.refresh()
         self.spool.refresh_depth(force=True)  # the sender empties the queue: stop asking for one
         self.spool.maintain()
+        self.spool.keep_within_caps()  # the product's processes together may have gone over
         return False
 
     def _retry_disk(self) -> None:

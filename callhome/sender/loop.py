@@ -118,6 +118,7 @@ class SenderLoop:
                 return retired
             if self._due():
                 before, forced = self._progress_count(), self._forced()
+                self._keep_within_caps()
                 self.sender.run(self.config, forced, lambda: self._stop)
                 self._publish(force=forced)  # a flush waits for the answer to its request
                 if self.sender.kind is SenderState.DISABLED:
@@ -130,6 +131,16 @@ class SenderLoop:
             self._wake.wait(POLL if self.mode == "process" else RESCAN)
             self._wake.clear()
         return "stopped"
+
+    def _keep_within_caps(self) -> None:
+        """The product's one sender sees every process's batches: when they went over a cap
+        together (none sees another's open batch), the oldest go, counted."""
+        config = self.config
+        events, size = self.queue.depth()
+        if events > config.max_queue_events or size > config.max_queue_bytes:
+            dropped = self.queue.prune(time.time(), config.max_queue_events, config.max_queue_bytes, config.max_age)
+            for reason, n in dropped.items():
+                self.counters.add("dropped." + reason, n)
 
     def _due(self) -> bool:
         """Whether to run a cycle: new batches, a flush request, or a periodic rescan."""
