@@ -34,6 +34,9 @@ MAX_NAMES = 1024
 
 _quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
+#: The one rule a record may break when it is queued: records wait for an ``ip_addr`` or
+#: ``domain`` (held), which the sender fills in from the configuration at send time.
+_IDENTITY_LATER = "either ip_addr or domain is required"
 #: Meta keys and values ``clean_meta`` keeps as they are (subclasses and ``None`` go through it).
 _PLAIN_KEYS = frozenset((str,))
 _PLAIN_VALUES = frozenset((str, int, float, bool))
@@ -104,7 +107,8 @@ class Records:
             meta["installation_id"] = installation_id
         if record.pop("props", False):
             self._add_properties(payload, meta)
-        errors = validate(payload, "aggregate" if record.get("kind") == "aggregate" else "usage")
+        errors = [error for error in validate(payload, "aggregate" if record.get("kind") == "aggregate" else "usage")
+                  if error.message != _IDENTITY_LATER]
         if errors:
             self._refuse(payload.get("activity_type"), f"{errors[0].field} {errors[0].message}")
             return None
