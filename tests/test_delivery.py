@@ -112,9 +112,10 @@ def test_concurrent_host_threads_each_event_once(make_agent, collector):
     ("hang:2", "Timeout"),
 ], ids=["500", "503", "429-retry-after", "reset", "hang"])
 def test_transient_failure_then_success(make_agent, collector, state_dir, fault, detail):
-    # The sender retries by itself once the shared backoff (at most 1 s after one failure, or the
-    # Retry-After) has passed: the failure stays visible as the sender's last error.
-    agent = make_agent(timeout=0.5, flush_interval=3600)
+    # The sender retries by itself once the shared backoff (at most backoff.BASE = 8 s after one
+    # failure, or the Retry-After) has passed: the failure stays visible as the sender's last error.
+    # (It idles longer than that here, as it does by default: 30 s.)
+    agent = make_agent(timeout=0.5, flush_interval=3600, sender_idle_timeout=10)
     collector.app.script(fault)
     started = time.time()
     event_id = agent.track("secondary1")
@@ -246,7 +247,7 @@ def test_persistent_503_keeps_everything_queued(make_agent, collector, state_dir
 
 
 def test_attempts_cap_drops_and_counts(make_agent, collector, state_dir):
-    collector.app.fail_all(503)
+    collector.app.fail_all(500)  # a failure about the record: a 503 (the server's) would not count
     agent = make_agent(max_attempts=2, flush_interval=3600)
     for i in range(5):
         agent.track("secondary1", meta={"i": i})

@@ -36,6 +36,6 @@ def _table(rows: list) -> None:
 
 def _when(epoch: object) -> str | None:
     """A time from a state file (which a person or another version may have edited) as UTC ISO 8601."""
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or epoch <= 0:
-        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not 0 < epoch < 253402300800:  # year 10000
+        return None  # NaN fails the comparison too
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -62,16 +62,21 @@ def _paths_report(target: _Target) -> dict:
 def _queue_report(target: _Target, config) -> dict:
     from .. import sentlog
 
+    import time
+
+    from ..sender.files import auth_until, backoff_state
+
     queue = target.queue()
     queued, size = queue.depth()
     backoff, auth = queue.state("backoff"), queue.state("auth")
+    paused = backoff_state(queue, time.time()).until  # bounded, as every sender reads it
     last = sentlog.tail(target.path(sentlog.FILE), 1)
     return {
         "queued": queued, "queued_bytes": size,
         "held": queued if not config.has_identity else 0,  # the worker keeps them until a domain/ip_addr
         "dead_lettered": _count(queue.dir, "dead"), "corrupt": _count(queue.dir, "corrupt"),
-        "backoff_until": _when(backoff.get("until")), "backoff_reason": backoff.get("detail"),
-        "auth_failed": _when(auth.get("until")), "auth_reason": auth.get("detail"),
+        "backoff_until": _when(paused or None), "backoff_reason": backoff.get("detail") if paused else None,
+        "auth_failed": _when(auth_until(queue, config.api_key, time.time()) or None), "auth_reason": auth.get("detail"),
         "last_call_home": _when(queue.state("call_home").get("at")),
         "last_send": _log_row(last[-1]) if last else None,
     }

@@ -3,7 +3,8 @@
 Runs in the product's sender (a detached process, or a thread where no process can be
 started). Holds ``flush.lock`` for one bounded cycle so that one sender per host sends at a time;
 the shared ``backoff`` and ``auth`` states keep every other process of the product off the
-network while the server is failing or refusing the key.
+network while the server is failing or refusing the key, and when it answers again the backlog
+goes out at about the rate it was created (``callhome.backoff`` has the policy).
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from .._log import logger
 from ..buffer import OWN_THREADS, Counters
 from ..config import Config
 from ..optout import OPT_OUT_VARIABLES, decide
-from .files import key_hash, number
+from .files import AUTH_PAUSE, auth_until, backoff_state, key_hash
 from .transport import AUTH, OK, REJECTED, SendResult, open_transport
 
 __all__ = ["Sender", "SenderState", "Transport", "fill_identity"]
 
-#: How long a refused key keeps this product quiet before one probe, unless the key changes.
-AUTH_PAUSE = 3600.0
 #: One process holds ``flush.lock`` for at most this long, then lets others have a turn.
 CYCLE_BUDGET = 10.0
 #: Requests kept in memory for the sent log before they are written (otherwise once per cycle).
@@ -111,7 +110,7 @@ class Sender:
         self._new_transport = transport
         self._sent: list = []
         self._decided: tuple = (None, None)
-        self._backing_off = True  # clear a stale shared backoff on the first success of this process
+        self._backing_off = True  # the first success of this process ends the shared backoff's streak
         self._transports: dict = {}
         self._lock: FileLock | None = None
 
@@ -158,20 +157,13 @@ class Sender:
             self._set(SenderState.DEFERRED, "the first-run notice was just shown; sending starts with the next run")
         elif not config.has_identity:
             self._set(SenderState.HELD, "no ip_addr or domain configured")
-        elif self.auth_paused(config, now):
+        elif now < auth_until(self.queue, config.api_key, now):
             self._set(SenderState.AUTH_FAILED, "the endpoint refused the API key")
-        elif not force and now < self.backoff_until():
+        elif not force and now < backoff_state(self.queue, now).until:
             self._set(SenderState.BACKOFF, "the endpoint failed; retrying later")
         else:
             return False
         return True
-
-    def auth_paused(self, config: Config, now: float) -> bool:
-        auth = self.queue.state("auth")
-        return auth.get("key") == key_hash(config.api_key) and now < number(auth.get("until"))
-
-    def backoff_until(self) -> float:
-        return number(self.queue.state("backoff").get("until"))
 
     def _drain_all(self, cycle: _Cycle) -> bool:
         """Drain with one connection, and a second one in parallel when the backlog is large.
@@ -260,8 +252,8 @@ class Sender:
         if result.outcome == OK:
             self.counters.add("delivered")
             if self._backing_off:
-                self.queue.set_state("backoff", None)
                 self._backing_off = False
+                self._end_streak(cycle, claim)
             return True
         if result.outcome == REJECTED:
             self.counters.add("rejected")
@@ -280,6 +272,36 @@ class Sender:
             self._decided = (key, decide(config, choices=choices).enabled)
         return self._decided[1]
 
+    def _end_streak(self, cycle: _Cycle, claim) -> None:
+        """The first success after failures: replay the backlog at about the rate it was created.
+
+        Every installation of a product meets the same outage and comes back within the hour; if
+        each sent its backlog at once, the server would get hours of traffic in minutes. A flush()
+        asked for everything now: it is not held back.
+        """
+        shared = backoff_state(self.queue, time.time())
+        if shared.failures and not cycle.force:
+            self._pace(cycle, claim, shared.until)
+        self.queue.set_state("backoff", None)
+
+    def _pace(self, cycle: _Cycle, claim, held_until: float) -> None:
+        """Push the waiting batches' not-before times out as :func:`backoff.replay` says (the batch
+        in flight goes on), within half of ``max_age``: the replay must not age a record out."""
+        now = time.time()
+        # a stray (no batch id) holds no record, and its creation time of 0 would date the backlog to 1970
+        batches = [claim.entry] + [entry for entry in self.queue.entries() if entry.batch]
+        due = backoff.replay([b.created for b in batches], [b.not_before for b in batches], held_until, now,
+                             cycle.config.max_age / 2)
+        for entry, not_before in zip(batches[1:], due[1:]):
+            if not_before > max(entry.not_before, now):
+                self._reschedule(cycle, entry, not_before)
+
+    def _reschedule(self, cycle: _Cycle, entry, not_before: float) -> None:
+        """Give a ready batch a later not-before time: taken and given back (two renames)."""
+        taken = self.queue.claim(entry, cycle.mode, time.time() + self._lease(cycle.config, entry))
+        if taken is not None:  # else another sender took it meanwhile: it sends it
+            self.queue.release(taken, entry.done, entry.attempt, not_before)
+
     def _pause(self, config: Config, claim, index: int, result: SendResult) -> bool:
         now = time.time()
         if result.outcome == AUTH:
@@ -289,19 +311,34 @@ class Sender:
             self._set(SenderState.AUTH_FAILED, "the endpoint refused the API key")
             logger().warning("callhome: the endpoint refused the API key; sending paused")
             return False
-        failures = int(number(self.queue.state("backoff").get("failures"))) + 1
-        wait = max(result.retry_after or 0.0, backoff.delay(failures))
-        self.queue.set_state("backoff", {"until": now + wait, "failures": failures, "detail": result.detail})
-        self._backing_off = True
-        self._set(SenderState.BACKOFF, f"{result.detail or result.status}; next attempt in {wait:.0f}s")
-        attempt = claim.entry.attempt + 1
+        until = self._back_off(now, result)
+        why = result.detail or result.status
+        self._set(SenderState.BACKOFF, f"{why}; next attempt in {until - now:.0f}s")
+        attempt = claim.entry.attempt + (1 if backoff.counts_against(result.status) else 0)
         if attempt >= config.max_attempts:
             self.counters.add("dropped.retries", claim.entry.count - index)
             self.queue.ack(claim)
         else:
-            self.queue.release(claim, index, attempt, now + wait)
-        logger().debug("callhome: delivery failed (%s); retry in %.1fs", result.detail or result.status, wait)
+            self.queue.release(claim, index, attempt, until)
+        logger().debug("callhome: delivery failed (%s); retry in %.1fs", why, until - now)
         return False
+
+    def _back_off(self, now: float, result: SendResult) -> float:
+        """One more failure in the shared backoff; until when every process of the product waits.
+
+        A pause the server asked for (``Retry-After``) is kept, and recorded as such: a later
+        failure without one (a flush() tries despite the pause) does not shorten it, and readers
+        bound it by the longest Retry-After obeyed rather than by ``MAX_DELAY``.
+        """
+        shared = backoff_state(self.queue, now)
+        asked = max(shared.retry_after if shared.until > now else 0.0, result.retry_after or 0.0)
+        until = max(shared.until, now + max(result.retry_after or 0.0, backoff.delay(shared.failures + 1)))
+        state = {"until": until, "failures": shared.failures + 1, "detail": result.detail}
+        if asked:
+            state["retry_after"] = asked
+        self.queue.set_state("backoff", state)
+        self._backing_off = True
+        return until
 
     def _remember(self, result: SendResult, url: str, payload: dict) -> None:
         """Keep the answer for ``status()``, and the request for the sent log (written per cycle)."""

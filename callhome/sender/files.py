@@ -6,7 +6,8 @@ Light on purpose: the host's worker imports this, not the delivery stack.
     state/sender.json    what the sender publishes: pid, mode, state, counts, last error, ...
     state/flush.json     a host's flush(): run a forced cycle
     state/retire.json    a host's request that an older sender with other settings ends
-    state/backoff.json, state/auth.json   the product's shared pauses (written by the sender)
+    state/backoff.json, state/auth.json   the product's shared pauses (written by the sender,
+                                          bounded and checked here, where every reader reads them)
 """
 
 from __future__ import annotations
@@ -15,17 +16,30 @@ import json
 import os
 import time
 import zlib
+from collections import namedtuple
 
+from .. import backoff
 from .._fs import mtime_ns, read_json, write_json
 from ..config import Config
 
-__all__ = ["FLUSH_FILE", "LOCK_NAME", "RETIRE_FILE", "STATUS_FILE", "fingerprint", "key_hash", "number",
-           "package_dir", "paused_until", "read_status", "request_flush", "request_retirement", "state_path"]
+__all__ = ["AUTH_PAUSE", "Backoff", "FLUSH_FILE", "LOCK_NAME", "RETIRE_FILE", "STATUS_FILE", "auth_until",
+           "backoff_state", "fingerprint", "key_hash", "package_dir", "paused_until", "read_status",
+           "request_flush", "request_retirement", "state_path"]
 
 LOCK_NAME = "sender"
 STATUS_FILE = "sender"
 FLUSH_FILE = "flush"
 RETIRE_FILE = "retire"
+#: How long a refused key keeps this product quiet before one probe, unless the key changes.
+AUTH_PAUSE = 3600.0
+#: How far ahead of this clock a state file may have been written (another machine's clock, on a
+#: shared directory) before it counts as written by a clock that jumped.
+CLOCK_SLACK = 60.0
+
+#: The shared backoff: every process waits until ``until`` (a time); ``failures`` in a row so far;
+#: ``retry_after``: the longest wait the server asked for in this pause (0.0: none).
+Backoff = namedtuple("Backoff", "until failures retry_after")
+NO_BACKOFF = Backoff(0.0, 0, 0.0)
 
 
 def package_dir() -> str:
@@ -83,12 +97,68 @@ def key_hash(api_key: str | None) -> str:
 
 
 def paused_until(queue, config: Config) -> float:
-    """Until when every process of the product waits (the shared backoff, or a refused key)."""
-    auth = queue.state("auth")
-    refused = number(auth.get("until")) if auth and auth.get("key") == key_hash(config.api_key) else 0.0
-    return max(number(queue.state("backoff").get("until")), refused)
+    """Until when the product needs no sender: while every process waits out the shared backoff
+    or a refused key, and after an outage while the replay holds every waiting batch back, until
+    the first comes due (a sender started meanwhile would exit idle, and be started again, all day)."""
+    now = time.time()
+    until = max(backoff_state(queue, now).until, auth_until(queue, config.api_key, now))
+    return until if until > now else _first_due(queue)
 
 
-def number(value: object) -> float:
-    """A number from a shared state file, which a person or another version may have edited."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+def _first_due(queue) -> float:
+    """The earliest not-before time in ``ready/`` (names sort by it), 0.0 when nothing waits there."""
+    first = next(iter(queue.entries()), None)
+    return first.not_before if first is not None else 0.0
+
+
+def backoff_state(queue, now: float) -> Backoff:
+    """The shared backoff, read the way every process of the product must read it.
+
+    ``until`` is taken as at most ``MAX_DELAY`` after the file was written, or the largest
+    ``Retry-After`` it records (itself at most ``MAX_RETRY_AFTER``): the most its writer could
+    have meant. A file that is not what the sender writes (wrong types, NaN, a negative count)
+    is no backoff at all.
+    """
+    state = queue.state("backoff")
+    until, failures, asked = state.get("until"), state.get("failures", 0), state.get("retry_after", 0.0)
+    if not (_finite(until) and _finite(asked) and _count(failures)):
+        return NO_BACKOFF
+    asked = min(max(asked, 0.0), backoff.MAX_RETRY_AFTER)
+    until = _bounded(until, _written(queue, "backoff", now), now, max(backoff.MAX_DELAY, asked))
+    return Backoff(until, min(failures, backoff.MAX_FAILURES), asked) if until is not None else NO_BACKOFF
+
+
+def auth_until(queue, api_key: str | None, now: float) -> float:
+    """Until when ``api_key`` is not to be sent with (it was refused), at most ``AUTH_PAUSE`` after
+    ``auth.json`` was written; 0.0 for another key, or no (or a malformed) file."""
+    state = queue.state("auth")
+    until = state.get("until")
+    if not (_finite(until) and state.get("key") == key_hash(api_key)):
+        return 0.0
+    return _bounded(until, _written(queue, "auth", now), now, AUTH_PAUSE) or 0.0
+
+
+def _bounded(until: float, written: float, now: float, longest: float) -> float | None:
+    """``until``, but no later than ``longest`` after the file was written (nor after now).
+
+    Measured from the write, not from now, so that the bound runs out. None for a file written
+    ahead of our clock: its writer's clock was ahead, and has been set back since.
+    """
+    if written > now + CLOCK_SLACK:
+        return None
+    return min(until, min(written, now) + longest)
+
+
+def _written(queue, name: str, now: float) -> float:
+    """When a state file was last written (a memory queue's state is this process's own: now)."""
+    stamp = mtime_ns(state_path(queue.dir, name)) if queue.dir else None
+    return now if stamp is None else stamp / 1e9
+
+
+def _finite(value: object) -> bool:
+    """A number of a shared state file, which a person or another version may have edited."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < float("inf")
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
