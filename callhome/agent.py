@@ -125,6 +125,8 @@ class Agent:
             self._closed = False
             self._set_handoff()
         self.state.problems.extend(config.problems)
+        if config.held_for and decision.enabled and not config.debug:
+            self.state.problems.append(f"events are kept on disk, not sent: {config.held_for}")
         if config.problems:  # a misspelt option, a bad value: said once per init(), to a logger the host may show
             from ._log import logger
 

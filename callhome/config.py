@@ -80,9 +80,17 @@ class Config:
         return f"Config({shown})"
 
     @property
-    def has_identity(self) -> bool:
-        """True when events can carry the ``ip_addr`` or ``domain`` Reo requires (or a relay adds it)."""
-        return bool(self.domain or self.ip_addr or self.relay)
+    def held_for(self) -> str | None:
+        """Why records wait on disk instead of being sent (``status()``: ``held: <why>``): Reo needs
+        an ``ip_addr`` or ``domain`` and the API key. None when they can go, or when a relay,
+        which keeps the key and adds the identity, receives them."""
+        if self.relay:
+            return None
+        if not (self.domain or self.ip_addr):
+            return "no ip_addr or domain configured"
+        if not self.api_key:
+            return "no api_key configured (CALLHOME_API_KEY or REO_API_KEY)"
+        return None
 
 
 #: option → (default, environment variables, parser). ``None`` parser means "a string".

@@ -507,3 +507,15 @@ def test_a_fleet_of_daemons_restarted_together_spreads_its_daily_call_home():
         per_second[int(at)] = per_second.get(int(at), 0) + 1
     assert min(sent) >= 3 * day and max(sent) <= 3 * (day + MAX_JITTER)
     assert max(per_second.values()) <= 5, max(per_second.values())
+
+
+def test_without_an_api_key_events_are_held_and_the_reason_shown(make_agent, collector):
+    agent = make_agent(api_key=None)
+    event_id = agent.track("secondary1")
+    agent.flush(1)
+    status = agent.status()
+    assert status["state"].startswith("held: no api_key"), status["state"]
+    assert any("api_key" in problem for problem in status["problems"]), status["problems"]
+    assert collector.app.requests.total == 0, "a request went out without X-API-KEY"
+    keyed = make_agent()  # the next run has the key: the held event goes out
+    assert keyed.flush(10) and event_id in received_ids(collector)

@@ -364,7 +364,7 @@ class Worker:
         return not (self.storage.deferred or self._held_here()) and self.spool.depth[0] > 0
 
     def _held_here(self) -> bool:
-        return not self.state.config.has_identity
+        return self.state.config.held_for is not None
 
     def _ensure_sender(self, force: bool = False) -> None:
         """Keep a sender for the queued work (``force``: a flush, which tries despite a backoff)."""
@@ -416,7 +416,7 @@ class Worker:
         elif storage.deferred:
             state = "deferred: the first-run notice was just shown; sending starts with the next run"
         elif self.state.config is not None and self._held_here():
-            state = "held: no ip_addr or domain configured"
+            state = "held: " + str(self.state.config.held_for)
         return {"installation_id": storage.installation_id,
                 "disk": "memory-only: " + storage.disk_error if storage.disk_error else "ok",
                 "queue_dir": getattr(storage.queue, "dir", None), "state": state,

@@ -73,7 +73,7 @@ def _queue_report(target: _Target, config) -> dict:
     last = sentlog.tail(target.path(sentlog.FILE), 1)
     return {
         "queued": queued, "queued_bytes": size,
-        "held": queued if not config.has_identity else 0,  # the worker keeps them until a domain/ip_addr
+        "held": queued if config.held_for else 0,  # the worker keeps them until a domain/ip_addr and a key
         "dead_lettered": _count(queue.dir, "dead"), "corrupt": _count(queue.dir, "corrupt"),
         "backoff_until": _when(paused or None), "backoff_reason": backoff.get("detail") if paused else None,
         "auth_failed": _when(auth_until(queue, config.api_key, time.time()) or None), "auth_reason": auth.get("detail"),

@@ -155,8 +155,8 @@ class Sender:
             self._set(SenderState.DISABLED, str(decision.reason))
         elif self.deferred:
             self._set(SenderState.DEFERRED, "the first-run notice was just shown; sending starts with the next run")
-        elif not config.has_identity:
-            self._set(SenderState.HELD, "no ip_addr or domain configured")
+        elif config.held_for:
+            self._set(SenderState.HELD, config.held_for)
         elif now < auth_until(self.queue, config.api_key, now):
             self._set(SenderState.AUTH_FAILED, "the endpoint refused the API key")
         elif not force and now < backoff_state(self.queue, now).until:
