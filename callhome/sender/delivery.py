@@ -208,18 +208,23 @@ class Sender:
         """
         try:
             records = self.queue.read(claim)
-        except OSError:
+        except FileNotFoundError:
             return True  # taken back meanwhile (lease expired): its new owner sends it
         if not any(records):
-            self.queue.quarantine("inflight", claim.name, "unreadable")
-            self.counters.add("dropped.corrupt", claim.entry.count - claim.entry.done)
+            self._quarantine(claim)
             return True
         done = claim.entry.done
         while done < len(records):
             if cycle.over():
                 self.queue.release(claim, done, claim.entry.attempt, time.time())
                 return False
-            if not self._send_record(cycle, claim, records[done], done, slot):
+            try:
+                sent = self._send_record(cycle, claim, records[done], done, slot)
+            except Exception:  # a record nothing can send (a bug of ours): never again, nor forever
+                logger().debug("callhome: a batch could not be sent", exc_info=True)
+                self._quarantine(claim)
+                return True
+            if not sent:
                 cycle.halted = True
                 return False
             done += 1
@@ -227,10 +232,16 @@ class Sender:
                 claim = self.queue.renew(claim, done, time.time() + self._lease(cycle.config, claim.entry))
                 if claim is None:
                     return True  # lost the claim (lease expired); the new owner goes on
-        self.counters.add("dropped.corrupt", claim.entry.count - len(records))
+        # lines the file lacks (torn, or fewer than its name counts), not counted twice after a restart
+        self.counters.add("dropped.corrupt", max(claim.entry.count - max(len(records), claim.entry.done), 0))
         self.progress()
         self.queue.ack(claim)
         return True
+
+    def _quarantine(self, claim) -> None:
+        """Move a batch that cannot be sent to ``corrupt/``; what it still held is counted."""
+        self.queue.quarantine("inflight", claim.name, "unreadable")
+        self.counters.add("dropped.corrupt", claim.entry.count - claim.entry.done)
 
     def _send_record(self, cycle: _Cycle, claim, record, index: int, slot: int) -> bool:
         """Settle one record; False (after releasing the claim) when sending must pause."""
