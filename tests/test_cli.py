@@ -113,7 +113,6 @@ def test_demo_runs_and_shows_the_events():
 
 
 @pytest.mark.parametrize("args", [
-    [],
     ["bogus"],
     ["flush"],
     ["flush", "--product", "p", "--timeout", "soon"],
@@ -154,3 +153,12 @@ def test_report_takes_product_and_json_like_every_verb(state_dir):
     for flag in ("--product", "--application"):
         done = cli("report", "CURRENT_MAU", flag, PRODUCT, "--json", "--dir", state_dir)
         assert done.returncode == 0 and json.loads(done.stdout)["status"] == "OK", (flag, done.stderr)
+
+
+def test_bare_callhome_lists_the_products_that_ran_here(backlog, state_dir):
+    empty = cli("--dir", os.path.join(state_dir, "nothing-here"))
+    assert empty.returncode == 0 and "no product has run callhome" in empty.stdout
+    listed = cli("--dir", state_dir)
+    assert listed.returncode == 0 and PRODUCT in listed.stdout and listed.stderr == ""
+    report = json.loads(cli("status", "--json", "--dir", state_dir).stdout)
+    assert report["products"] == [{"product": PRODUCT, "choice": "enabled", "queued": 3, "last_send": None}]

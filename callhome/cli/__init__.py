@@ -154,6 +154,8 @@ def _add_own_commands(verbs) -> None:
 def _run(host: _Host, verb, parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     product_id = host.product_id or getattr(args, "ch_product", None) or os.environ.get("CALLHOME_PRODUCT")
     product_id = (product_id or "").strip() or None
+    if not product_id and verb is status.status:  # bare `callhome`: what ran on this machine
+        return status.products(_Target(host, None, args))
     if not product_id and not getattr(args, "ch_global", False):
         parser.error("--product ID is required (or set CALLHOME_PRODUCT)")
     try:

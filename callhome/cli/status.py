@@ -14,6 +14,30 @@ def status(target: _Target, args: argparse.Namespace) -> int:
     return 0  # informational: a disabled product is an answer, not a failure
 
 
+def products(target: _Target) -> int:
+    """``callhome`` or ``callhome status`` without a product: every product that ran here."""
+    from .. import choices, sentlog
+    from ..queue import DiskQueue
+    from .consent import product_names
+
+    rows = []
+    for name in product_names(target.root):
+        directory = os.path.join(target.root, name)
+        saved = choices.load(directory)
+        log = os.path.join(directory, sentlog.FILE)
+        rows.append({"product": name, "choice": "disabled" if saved["disabled"] else "enabled",
+                     "queued": DiskQueue(directory).depth()[0],
+                     "last_send": _when(os.path.getmtime(log)) if os.path.exists(log) else None})
+    if target.json:
+        _emit({"state_dir": target.root, "products": rows}, True)
+    elif rows:
+        _table([["product", "saved choice", "queued", "last send"]] + [list(row.values()) for row in rows])
+        print(f"\n`callhome status --product NAME` for one of them (state in {target.root}).")
+    else:
+        print(f"no product has run callhome on this machine (nothing in {target.root})")
+    return 0
+
+
 def status_report(target: _Target) -> dict:
     """What ``status --json`` prints; reads only, creates nothing."""
     from .._version import __version__
