@@ -65,14 +65,17 @@ class Problems:
             return
         seen[problem] = None
         while len(seen) > self.limit:
-            seen.pop(next(iter(seen)), None)
+            try:
+                seen.pop(next(iter(seen)), None)
+            except (RuntimeError, StopIteration):  # another thread changed it meanwhile: its append trims
+                break
 
     def extend(self, problems) -> None:
         for problem in problems:
             self.append(problem)
 
     def __iter__(self):
-        return iter(list(self._seen))
+        return iter(list(self._seen))  # list() of a dict is one C call: no other thread runs meanwhile
 
     def __len__(self) -> int:
         return len(self._seen)

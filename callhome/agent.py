@@ -31,6 +31,17 @@ FORK_WAIT = 5.0
 EXIT_WAIT = 1.0
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _raised_by_host(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` ran outside callhome (in an object the host passed)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE)
+
+
 def _guarded(method):
     """Never let an error reach the host, except a ValueError/TypeError it asked for with ``strict``.
 
@@ -41,12 +52,14 @@ def _guarded(method):
     def guarded(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError, RecursionError):  # a value no call could take
             if self._strict:
                 raise
             self.state.counters.add("dropped.invalid")
-        except Exception:
-            self.state.counters.add("internal_errors")
+        except Exception as exc:
+            # the host's own object fought back (its __str__, __float__, __hash__ raising): a
+            # refused call; an error raised in callhome's own code is ours
+            self.state.counters.add("dropped.invalid" if _raised_by_host(exc) else "internal_errors")
         return refused
 
     guarded.__name__, guarded.__qualname__, guarded.__doc__ = method.__name__, method.__qualname__, method.__doc__

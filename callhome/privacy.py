@@ -90,7 +90,8 @@ def mask_args(argv: object, known_options: object = ()) -> list:
     - an option that is not known becomes ``--*****`` (with any ``=value`` it carried);
     - everything after ``--`` is a value.
 
-    Never raises; non-string items are converted with ``str()`` first.
+    Never raises; non-string items are converted with ``str()`` first; at most ``MAX_ARGS``
+    (1,000) arguments and known options are looked at.
     """
     try:
         takes_value = _known(known_options)
@@ -99,19 +100,29 @@ def mask_args(argv: object, known_options: object = ()) -> list:
         return []
 
 
+#: The most arguments (and known options) looked at: a command line has tens; an endless
+#: iterable passed by mistake must not hang the host.
+MAX_ARGS = 1000
+
+
 def _as_list(argv: object) -> list:
+    import itertools
+
     if isinstance(argv, (str, bytes)):
         argv = [argv]
-    return [_as_text(item) for item in argv]  # type: ignore[union-attr]
+    return [_as_text(item) for item in itertools.islice(argv, MAX_ARGS)]  # type: ignore[call-overload]
 
 
 def _known(known_options: object) -> dict:
     """``{word or option name: takes a value}`` from a list with ``=`` suffixes or a mapping."""
+    import itertools
+
     if isinstance(known_options, dict):
-        return {str(k).rstrip("="): bool(v) or str(k).endswith("=") for k, v in known_options.items()}
+        return {str(k).rstrip("="): bool(v) or str(k).endswith("=")
+                for k, v in itertools.islice(known_options.items(), MAX_ARGS)}
     if isinstance(known_options, str):
         known_options = [known_options]
-    return {str(k).rstrip("="): str(k).endswith("=") for k in known_options or ()}
+    return {str(k).rstrip("="): str(k).endswith("=") for k in itertools.islice(known_options or (), MAX_ARGS)}
 
 
 def _mask(argv: list, takes_value: dict) -> list:

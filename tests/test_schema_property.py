@@ -8,6 +8,7 @@ fixed and the examples bounded, so CI runs the same cases each time.
 
 from __future__ import annotations
 
+import json
 import math
 
 from conftest import API_KEY, PRODUCT
@@ -58,7 +59,8 @@ def test_every_record_the_agent_queues_passes_the_schema(collector, state_dir):
     assert calls > 300, calls
     with agent.session("property-session"):
         pass
-    assert agent.flush(60), agent.status()
+    flushed = agent.flush(60)
+    assert flushed, json.dumps({k: v for k, v in agent.status().items() if k != "problems"}, default=str)
     status = agent.status()
     assert status["rejected"] == 0, "the collector refused records the agent built"
     assert status["internal_errors"] == 0, status
