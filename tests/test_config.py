@@ -384,3 +384,14 @@ def test_a_refused_domain_holds_records_and_says_why(make_agent, collector):
     assert status["state"].startswith("held"), status["state"]
     assert any("domain=" in problem for problem in status["problems"]), status["problems"]
     assert collector.app.requests.total == 0
+
+
+def test_the_docs_say_what_a_bad_value_of_every_option_gets():
+    import re
+
+    from callhome.config import _OPTIONS
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")) as f:
+        section = f.read().split("## What a bad value gets", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([a-z_]+)`", section))
+    assert set(_OPTIONS) - named == set(), "options missing from 'What a bad value gets'"
