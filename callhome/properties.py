@@ -42,7 +42,8 @@ def license_fields(license_type: object, flags: dict, key: object, secret: str |
     """
     fields: dict = {}
     if license_type is not None:
-        text = " ".join(str(license_type).split())[:64]
+        text = str(license_type).encode("utf-8", "replace").decode("utf-8")  # a lone surrogate cannot be sent
+        text = " ".join(text.split())[:64]
         if text:
             fields["license_type"] = text.lower()
     for name in _LICENSE_FLAGS:

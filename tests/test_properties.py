@@ -314,3 +314,13 @@ def test_a_license_flag_that_means_nothing_is_refused_and_named(make_agent, give
     assert any("set_license(expired=" in p for p in agent.status()["problems"]), agent.status()["problems"]
     with pytest.raises(ValueError):
         make_agent(strict=True).set_license(expired=given)
+
+
+def test_a_license_type_that_is_not_valid_unicode_is_sent_repaired(make_agent, collector):
+    agent = make_agent()
+    agent.set_license(type="pro\ud800 plan")
+    event_id = agent.call_home()
+    assert agent.flush(10)
+    (record,) = [e for e in collector.store.events(limit=10) if e["event_id"] == event_id]
+    assert record["payload"]["meta"]["license_type"] == "pro? plan"
+    assert agent.status()["rejected"] == 0

@@ -20,7 +20,7 @@ from ..payload import (MAX_KEY, MAX_META_BYTES, MAX_META_KEYS, MAX_STRING, Rejec
                        clean_category, clean_meta, clean_user, coerce_event_at)
 from ..queue import frame, frame_json
 from ..schema import MAX_META_KEYS as SCHEMA_META_KEYS
-from ..schema import validate
+from ..schema import FieldError, validate
 
 __all__ = ["Records"]
 
@@ -56,6 +56,15 @@ def _flat_encoder() -> Callable[[dict], str]:
         return encoder.encode
     chunks = make(None, encoder.default, _quote, None, ":", ",", False, False, True)
     return lambda value: "".join(chunks(value, 0))
+
+
+def _valid_unicode(payload: dict) -> bool:
+    """Whether every string can be sent as UTF-8, as a receiver's JSON parser insists."""
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError):
+        return False
+    return True
 
 
 class Records:
@@ -109,6 +118,8 @@ class Records:
             self._add_properties(payload, meta)
         errors = [error for error in validate(payload, "aggregate" if record.get("kind") == "aggregate" else "usage")
                   if error.message != _IDENTITY_LATER]
+        if not errors and not _valid_unicode(payload):
+            errors = [FieldError("payload", "holds a string that is not valid Unicode (a lone surrogate)")]
         if errors:
             self._refuse(payload.get("activity_type"), f"{errors[0].field} {errors[0].message}")
             return None
