@@ -51,6 +51,57 @@ class Config:
         "sender", "sender_idle_timeout", "sender_lifetime", "problems", "endpoint_refused",
     )
 
+    product_id: str
+    api_key: str | None
+    endpoint: str
+    environment: str
+    source: str
+    domain: str | None
+    ip_addr: str | None
+    relay: bool
+    product_version: str | None
+    product_build: str | None
+    product_edition: str | None
+    product_language: str | None
+    sessions: bool
+    session_activity: str
+    heartbeat_interval: float
+    exception_activity: str
+    capture_exceptions: bool
+    exception_messages: bool
+    license_secret: str | None
+    data_dir: str | None
+    flush_interval: float
+    call_home_interval: float
+    call_home_activity: str
+    timeout: float
+    exit_timeout: float
+    debug: bool
+    strict: bool
+    enabled: bool
+    send_in_ci: bool
+    env_prefix: str | None
+    optout_env: tuple[str, ...]
+    consent: str
+    cli_command: str | None
+    aggregate_interval: float
+    activity_modes: dict[str, str]
+    max_buffer: int
+    max_buffer_bytes: int
+    max_queue_events: int
+    max_queue_bytes: int
+    max_age: float
+    max_attempts: int
+    max_event_bytes: int
+    fsync: bool
+    sender: str
+    sender_idle_timeout: float
+    sender_lifetime: float
+    #: what was wrong with the arguments and the environment (ignored values, unknown options)
+    problems: list[str]
+    #: why nothing is sent: the endpoint that applies was refused (None: it was not)
+    endpoint_refused: str | None
+
     def __init__(self, **values: object) -> None:
         for name in self.__slots__:
             object.__setattr__(self, name, values[name])

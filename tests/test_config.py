@@ -395,3 +395,8 @@ def test_the_docs_say_what_a_bad_value_of_every_option_gets():
         section = f.read().split("## What a bad value gets", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"`([a-z_]+)`", section))
     assert set(_OPTIONS) - named == set(), "options missing from 'What a bad value gets'"
+
+
+def test_every_field_of_config_is_typed():
+    """``mypy`` (and a host's type checker) knows each field: the annotations follow the slots."""
+    assert set(Config.__annotations__) == set(Config.__slots__)
