@@ -111,8 +111,9 @@ print(json.dumps({"raised": raised[:20], "made": made, "printed": printed[:500],
 '''
 
 
-def test_no_public_function_raises_or_prints_on_bad_values(collector, state_dir):
-    host = run_host(HOST.replace("{options}", host_options(collector, state_dir)), timeout=240)
+def test_no_public_function_raises_or_prints_on_bad_values(collector, state_dir, tmp_path):
+    # in a directory of its own: a salt_dir such as " " is a relative path, and gets a salt there
+    host = run_host(HOST.replace("{options}", host_options(collector, state_dir)), timeout=240, cwd=str(tmp_path))
     assert host.returncode == 0, host.stderr[-2000:]
     assert host.stderr == "", host.stderr[-2000:]
     report = json.loads(host.stdout)
