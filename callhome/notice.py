@@ -13,7 +13,7 @@ import re
 from .config import Config
 from .optout import product_variable
 
-__all__ = ["is_terminal", "notice_text"]
+__all__ = ["is_terminal", "notice_text", "show_on_terminal"]
 
 
 def notice_text(config: Config, state_dir: str | None = None) -> str:
@@ -38,6 +38,24 @@ def notice_text(config: Config, state_dir: str | None = None) -> str:
         f"  See what is sent: `{_command(config, 'preview')}`, or CALLHOME_DEBUG=1.",
     ]
     return "\n".join(lines)
+
+
+def show_on_terminal(config: Config, directory: str) -> bool:
+    """Write the notice to stderr when it is a person's terminal and record it as shown (the
+    only way a notice counts as shown); False when stderr is not a terminal."""
+    import sys
+    import time
+
+    from . import choices
+
+    if not is_terminal(sys.stderr):
+        return False
+    sys.stderr.write(notice_text(config, directory) + "\n")
+    try:
+        choices.save(directory, notice_version=choices.NOTICE_VERSION, notice_at=int(time.time()))
+    except OSError:
+        pass  # shown all the same; the next run shows it again
+    return True
 
 
 def _identity(config: Config) -> str:

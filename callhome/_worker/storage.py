@@ -6,7 +6,6 @@ is not ours) leaves a memory-only queue and a reason for ``status()``.
 
 from __future__ import annotations
 
-import sys
 import time
 
 from .. import choices, identity
@@ -14,7 +13,7 @@ from .._fs import product_dir
 from .._log import logger
 from .._state import HostState
 from ..memqueue import MemoryQueue
-from ..notice import is_terminal, notice_text
+from ..notice import notice_text, show_on_terminal
 from ..optout import Decision, decide
 from ..queue import DiskQueue
 
@@ -114,18 +113,11 @@ class Storage:
         saved = self.choices()
         if is_ci or saved.get("notice_version") == choices.NOTICE_VERSION:
             return
-        text = notice_text(self.state.config, directory)
-        now = int(time.time())
-        if is_terminal(sys.stderr):
-            sys.stderr.write(text + "\n")
+        if show_on_terminal(self.state.config, directory):
             self.deferred = True
-            fields: dict = {"notice_version": choices.NOTICE_VERSION, "notice_at": now}
         elif saved.get("notice_logged_version") != choices.NOTICE_VERSION:
-            logger().warning("%s", text)
-            fields = {"notice_logged_version": choices.NOTICE_VERSION, "notice_logged_at": now}
-        else:
-            return
-        try:
-            choices.save(directory, **fields)
-        except OSError:
-            pass
+            logger().warning("%s", notice_text(self.state.config, directory))
+            try:
+                choices.save(directory, notice_logged_version=choices.NOTICE_VERSION, notice_logged_at=int(time.time()))
+            except OSError:
+                pass

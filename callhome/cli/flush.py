@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from ..notice import is_terminal as _is_terminal
 from ._output import _emit
@@ -41,11 +40,10 @@ def _notice_first(target: _Target, config) -> None:
     """A person asked to send, on a terminal the notice never reached: show it, then send (the
     request is explicit, so this run is not the deferred first run a product's own would be)."""
     from .. import choices
-    from ..notice import notice_text
+    from ..notice import show_on_terminal
 
-    if _is_terminal(sys.stderr) and target.choices().get("notice_version") != choices.NOTICE_VERSION:
-        sys.stderr.write(notice_text(config, target.directory) + "\n")
-        choices.save(target.directory, notice_version=choices.NOTICE_VERSION, notice_at=int(time.time()))
+    if target.choices().get("notice_version") != choices.NOTICE_VERSION:
+        show_on_terminal(config, target.directory)
 
 
 def _flush_with_progress(agent, timeout: float, total: int) -> bool:
