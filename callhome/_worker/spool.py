@@ -93,8 +93,9 @@ class Spool:
             return float("inf")
         return max(self._opened_at + PUBLISH_AFTER - time.monotonic(), 0.0)
 
-    def publish(self, force: bool = False) -> None:
-        """Publish the open batch if it is old enough, or ``force`` (a flush, exit).
+    def publish(self, force: bool = False) -> bool:
+        """Publish the open batch if it is old enough, or ``force`` (a flush, exit); True when
+        the queue was counted afresh meanwhile.
 
         Near a cap (by the cached count), and always for a flush or exit, the queue is counted again
         once the batch is out, and pruned if the product's processes together went over it (each
@@ -107,6 +108,8 @@ class Spool:
                 if force or self._near_cap():  # a flush, exit: one listing, and the product is in bounds
                     self.refresh_depth(force=True)
                     self.keep_within_caps()
+                    return True
+        return False
 
     def keep_within_caps(self) -> None:
         """Prune when the queue, as last counted, is over a cap: every process of the product

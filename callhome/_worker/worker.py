@@ -285,15 +285,16 @@ class Worker:
             self.schedule.maybe_queue()
         moved = self.spool.persist()
         make_event_ids()  # the ids the host's next calls take
-        self.spool.publish(force=forced)
+        counted = self.spool.publish(force=forced)
         if forced or self.aggregates.due():
             self.aggregates.tick()  # also windows that other processes left to send
         if forced and self.storage.queue.dir:
             self._flush_stamp = request_flush(self.storage.queue.dir)
-        if forced or moved:
+        if (forced or moved) and not counted:  # the depth a flush waits on: listed once per cycle
             self.spool.refresh_depth(force=forced)
         if self.spool.depth[0] or forced:
-            self._ensure_sender(forced or self._flushing > 0)  # a flush waits: despite a backoff  # cheap when one runs: ours is polled, others probed twice a second
+            # a flush waits: it tries despite a backoff; cheap when a sender runs (probed twice a second)
+            self._ensure_sender(forced or self._flushing > 0)
         if forced:
             with self._done:
                 self._flush_done = ticket
