@@ -140,6 +140,11 @@ class Counters:
         for _ in range(n):
             next(counter)
 
+    def add_each(self, prefix: str, counts: dict) -> None:
+        """``{reason: n}`` (what a prune or a merge dropped) as ``<prefix><reason>`` counts."""
+        for reason, n in counts.items():
+            self.add(prefix + reason, n)
+
     def get(self, name: str) -> int:
         counter = self._counts.get(name)
         return _value(counter) if counter is not None else 0

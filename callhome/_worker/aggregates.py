@@ -88,8 +88,7 @@ class AggregateEmitter:
         self._count_drops(dropped)
 
     def _count_drops(self, dropped: dict) -> None:
-        for reason, n in dropped.items():
-            self.state.counters.add("dropped.aggregate_" + reason, n)
+        self.state.counters.add_each("dropped.aggregate_", dropped)
 
     def _record(self, store: AggregateStore, start: int, activity: str, count: int) -> dict:
         state, config = self.state, self.state.config

@@ -139,10 +139,8 @@ class Spool:
     def prune(self, room_events: int = 0, room_bytes: int = 0) -> None:
         """Drop expired batches, then the oldest until ``room_*`` more fit under the caps."""
         config = self.state.config
-        dropped = self.storage.queue.prune(time.time(), config.max_queue_events - room_events,
-                                           config.max_queue_bytes - room_bytes, config.max_age)
-        for reason, count in dropped.items():
-            self.state.counters.add("dropped." + reason, count)
+        self.state.counters.add_each("dropped.", self.storage.queue.prune(
+            time.time(), config.max_queue_events - room_events, config.max_queue_bytes - room_bytes, config.max_age))
         self.refresh_depth(force=True)
 
     def maintain(self) -> None:

@@ -138,9 +138,8 @@ class SenderLoop:
         config = self.config
         events, size = self.queue.depth()
         if events > config.max_queue_events or size > config.max_queue_bytes:
-            dropped = self.queue.prune(time.time(), config.max_queue_events, config.max_queue_bytes, config.max_age)
-            for reason, n in dropped.items():
-                self.counters.add("dropped." + reason, n)
+            self.counters.add_each("dropped.", self.queue.prune(time.time(), config.max_queue_events,
+                                                               config.max_queue_bytes, config.max_age))
 
     def _due(self) -> bool:
         """Whether to run a cycle: new batches, a flush request, or a periodic rescan."""
