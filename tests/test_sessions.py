@@ -339,6 +339,28 @@ def test_two_processes_after_a_crash_recover_each_session_once(collector, state_
     assert [p["meta"]["closed_by"] for p in of_type(collector, "session")].count("exit") == 2
 
 
+def another_process_starts_beside(live, session_id: str, collector, state_dir) -> int:
+    """Once ``live`` (a host that printed its pid, then waits for a line) journals ``session_id``,
+    another process of the product starts: the live journal must stay unclaimed. Then ``live``
+    ends its session and exits. Returns ``live``'s pid."""
+    try:
+        pid = first_line(live)["pid"]
+        assert wait_until(lambda: session_id in journal_text(state_dir, journal_of(state_dir, pid) or "-"))
+        name = journal_of(state_dir, pid)
+        other = run_host(f"""
+            import callhome
+            callhome.init({host_options(collector, state_dir, sessions=True)})
+        """)
+        assert other.returncode == 0 and other.stderr == "", other.stderr
+        assert journal_of(state_dir, pid) == name, "a live process's journal was claimed"
+        live.stdin.write("go\n")
+        live.stdin.flush()
+        assert live.wait(30) == 0, live.communicate()
+    finally:
+        stop(live)
+    return pid
+
+
 def test_a_live_process_journal_is_never_claimed(collector, state_dir, make_agent):
     options = host_options(collector, state_dir, sessions=True, heartbeat_interval=1)
     live = start_host(f"""
@@ -350,21 +372,7 @@ def test_a_live_process_journal_is_never_claimed(collector, state_dir, make_agen
         time.sleep(1.2)  # a heartbeat after the other process ran: it would notice a stolen journal
         assert callhome.end_session("live-session-01")
     """, stdin=subprocess.PIPE)
-    try:
-        pid = first_line(live)["pid"]
-        assert wait_until(lambda: "live-session-01" in journal_text(state_dir, journal_of(state_dir, pid) or "-"))
-        name = journal_of(state_dir, pid)
-        other = run_host(f"""
-            import callhome
-            callhome.init({host_options(collector, state_dir, sessions=True)})
-        """)
-        assert other.returncode == 0 and other.stderr == "", other.stderr
-        assert journal_of(state_dir, pid) == name, "the live process's journal was claimed"
-        live.stdin.write("go\n")
-        live.stdin.flush()
-        assert live.wait(30) == 0, live.communicate()
-    finally:
-        stop(live)
+    another_process_starts_beside(live, "live-session-01", collector, state_dir)
     deliver(make_agent)
     records = of_type(collector, "session")
     assert sorted(p["meta"]["closed_by"] for p in records) == ["end", "exit", "exit"], records
@@ -401,22 +409,8 @@ def test_a_live_process_of_another_pid_namespace_keeps_its_journal(collector, st
     env = dict(os.environ, PYTHONPATH=ROOT)
     live = subprocess.Popen(["unshare", "-pf", "--mount-proc", "sh", "-c", script, sys.executable, code],
                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        pid = first_line(live)["pid"]
-        assert pid == outside and not os.path.exists(f"/proc/{pid}"), pid
-        assert wait_until(lambda: "container-session" in journal_text(state_dir, journal_of(state_dir, pid) or "-"))
-        name = journal_of(state_dir, pid)
-        other = run_host(f"""
-            import callhome
-            callhome.init({host_options(collector, state_dir, sessions=True)})
-        """)
-        assert other.returncode == 0 and other.stderr == "", other.stderr
-        assert journal_of(state_dir, pid) == name, "the other namespace's live journal was claimed"
-        live.stdin.write("go\n")
-        live.stdin.flush()
-        assert live.wait(30) == 0, live.communicate()
-    finally:
-        stop(live)
+    pid = another_process_starts_beside(live, "container-session", collector, state_dir)
+    assert pid == outside and not os.path.exists(f"/proc/{pid}"), pid
     deliver(make_agent)
     assert by_session_id(collector)["container-session"]["meta"]["closed_by"] == "end"
     assert not [p for p in of_type(collector, "session") if p["meta"]["closed_by"] == "recovered"]
