@@ -30,7 +30,11 @@ class AggregateEmitter:
         self.merged_at = 0.0
 
     def due(self) -> bool:
-        return time.monotonic() - self.merged_at >= min(self.state.config.flush_interval, MERGE_EVERY)
+        return time.monotonic() >= self.next_tick()
+
+    def next_tick(self) -> float:
+        """When (monotonic) the next merge is due."""
+        return self.merged_at + min(self.state.config.flush_interval, MERGE_EVERY)
 
     def tick(self) -> None:
         """Merge, then send the windows that closed; a busy lock or a failing disk waits a cycle."""

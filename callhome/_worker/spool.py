@@ -28,6 +28,7 @@ MAINTENANCE_INTERVAL = 60.0
 #: The longest appended records wait before the sender may see them: at 400 events/s a file
 #: every 0.5 s (200 records) rather than every 50 ms.
 PUBLISH_AFTER = 0.5
+_NONE_OPEN = float("inf")
 
 
 class Spool:
@@ -42,7 +43,8 @@ class Spool:
         self._maintained_at = 0.0
         self._detected: dict | None = None  # client properties, detected once
         self.records = Records(state, self._properties)
-        self._opened_at: float | None = None  # monotonic time of the open batch's first record
+        #: when (monotonic) the open batch must be published (``inf`` while none is open)
+        self.publish_at = _NONE_OPEN
 
     def persist(self) -> int:
         """Move buffered records to the queue; returns how many. A failing disk means memory-only."""
@@ -83,15 +85,17 @@ class Spool:
             self._publish_quietly()  # what the open batch holds stays on disk
             self.storage.go_memory_only(exc)
             written = self.storage.queue.append(lines, time.time())
-        if self._opened_at is None or not self.storage.queue.open_records:
-            self._opened_at = time.monotonic() if self.storage.queue.open_records else None
+        if self.publish_at == _NONE_OPEN or not self.storage.queue.open_records:
+            self._set_opened(time.monotonic() if self.storage.queue.open_records else None)
         self.depth = (self.depth[0] + len(lines), self.depth[1] + written)
+
+    def _set_opened(self, first: float | None) -> None:
+        """The open batch's first record came at ``first`` (monotonic); None: no batch is open."""
+        self.publish_at = _NONE_OPEN if first is None else first + PUBLISH_AFTER
 
     def publish_due(self) -> float:
         """Seconds until the open batch must be published (``inf`` when there is none)."""
-        if self._opened_at is None:
-            return float("inf")
-        return max(self._opened_at + PUBLISH_AFTER - time.monotonic(), 0.0)
+        return max(self.publish_at - time.monotonic(), 0.0)
 
     def publish(self, force: bool = False) -> bool:
         """Publish the open batch if it is old enough, or ``force`` (a flush, exit); True when
@@ -102,7 +106,7 @@ class Spool:
         one's open batch is invisible to the others until published): the last to publish brings
         the queue back under its caps.
         """
-        if self._opened_at is not None and (force or self.publish_due() == 0.0):
+        if self.publish_at != _NONE_OPEN and (force or self.publish_due() == 0.0):
             with self.state.persist_lock:
                 self._publish_quietly()
                 if force or self._near_cap():  # a flush, exit: one listing, and the product is in bounds
@@ -125,7 +129,7 @@ class Spool:
                 or self.depth[1] + size > 0.8 * config.max_queue_bytes)
 
     def _publish_quietly(self) -> None:
-        self._opened_at = None
+        self._set_opened(None)
         try:
             self.storage.queue.publish()
         except OSError:  # the batch stays in tmp/: adopted once this process is gone

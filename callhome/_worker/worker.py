@@ -93,6 +93,7 @@ class Worker:
         self._exiting = False
         self._flushing = 0  # flush() calls waiting for the queue to empty
         self._checked_at = -CHECK_EVERY
+        self._quiet_until = 0.0  # monotonic: until then a pass only persists (see _cycle)
         self._disk_tried_at = 0.0
         self._decided: tuple = ()
         self._flush_stamp: int | None = None  # the stamp of this process's latest flush request
@@ -271,10 +272,25 @@ class Worker:
     def _cycle(self) -> int:
         """One pass; returns how many records it moved to the queue.
 
-        While the host tracks this runs every 50 ms, so it does only what must be that fresh:
-        persist, publish, keep a sender. The rest (opt-outs appearing, the sessions' heartbeat,
-        reaping, the sender's status, caps) is looked at once per ``CHECK_EVERY``, or for a flush.
+        While the host tracks this runs every 50 ms, and right after a sleep every line it runs
+        costs several times what it costs warm (``bench/cold_wake.py``): until something falls
+        due (a batch to publish, the sender's probe, a merge, the CALL_HOME, the checks of
+        ``CHECK_EVERY``) or a flush asks, a pass only persists.
         """
+        now = time.monotonic()
+        if now < self._quiet_until and now < self.spool.publish_at and not self._flushing \
+                and self._flush_wanted == self._flush_done:  # read unlocked: a flush is seen next pass
+            moved = self.spool.persist()
+            make_event_ids()  # the ids the host's next calls take
+            return moved
+        moved = self._full_cycle()
+        self._quiet_until = min(self._checked_at + CHECK_EVERY, self.launcher.next_probe,
+                                self.aggregates.next_tick(), now + self.schedule.due - time.time())
+        return moved
+
+    def _full_cycle(self) -> int:
+        """Persist, publish, keep a sender; the rest (opt-outs appearing, the sessions' heartbeat,
+        reaping, the sender's status, caps) once per ``CHECK_EVERY``, or for a flush."""
         with self._done:
             ticket = self._flush_wanted
         forced = ticket > self._flush_done

@@ -88,6 +88,11 @@ class Launcher:
         self._folded: dict = {}
 
     @property
+    def next_probe(self) -> float:
+        """When (monotonic) :meth:`ensure` next looks at the sender; a thread sender: always."""
+        return float("-inf") if self.fallback else self._probed_at + PROBE_EVERY
+
+    @property
     def mode(self) -> str:
         return "thread" if self.fallback else "process"
 
