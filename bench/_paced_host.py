@@ -15,7 +15,6 @@ after it). With IDS_FILE, ``seq event_id`` of every
 call is written to it and flushed to the OS every tick, so a SIGKILL loses at most one tick's.
 """
 import json
-import os
 import sys
 import time
 
@@ -103,7 +102,8 @@ def main() -> None:
     result = finish()
     cpu1 = cpu()
     result.update(sdk=sdk, tracked=i, measured=i - warm_tracked, import_cpu_s=round(cpu0 - before_import, 4),
-                  warmup_cpu_s=round(cpu_warm - cpu0, 4), cpu_s=round(cpu1 - cpu_warm, 4), tracked_s=round(tracked_s, 3),
+                  warmup_cpu_s=round(cpu_warm - cpu0, 4), cpu_s=round(cpu1 - cpu_warm, 4),
+                  tracked_s=round(tracked_s, 3),
                   wall_s=round(time.monotonic() - start, 3), late_max_ms=round(late * 1000, 1), **after())
     print(json.dumps(result), flush=True)
 

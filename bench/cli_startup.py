@@ -53,7 +53,7 @@ def spawn(cmd: list, env: dict) -> tuple[float, float, float]:
 
 def measure(commands: dict, env: dict, runs: int) -> dict:
     samples: dict = {name: [] for name in commands}
-    for name, cmd in commands.items():  # warm-up: bytecode cache, page cache
+    for cmd in commands.values():  # warm-up: bytecode cache, page cache
         spawn(cmd, env)
     for _ in range(runs):
         for name, cmd in commands.items():

@@ -311,7 +311,7 @@ def cpu(seconds: float, rate: int, repeat: int, say=print) -> dict:
             for _ in range(repeat):
                 for sdk in sdks:
                     rx = sink if sdk in peers else collector
-                    count = (lambda: rx.events("paced")) if rx is collector else rx.events
+                    count = (lambda rx=rx: rx.events("paced")) if rx is collector else rx.events
                     name, times = sdk.split("_x")[0], (4 if sdk.endswith("_x4") else 1)
                     with DataDir() as data:
                         before = count()
@@ -524,7 +524,8 @@ def report(r: dict) -> None:
               f"{_met(ch['cpu_us_per_event'] <= GOAL_HOST_CPU_US)}")
         if "marginal_us_per_event" in p:
             print(f"    callhome's CPU, split with the x4 run: {p['fixed_ms_per_s']} ms per second of "
-                  f"tracking (the pacing loop, the worker's cycles, the flush) + {p['marginal_us_per_event']} µs per event")
+                  f"tracking (the pacing loop, the worker's cycles, the flush) + "
+                  f"{p['marginal_us_per_event']} µs per event")
         for sdk in p["peers"]:
             raw = c.ratio(p[sdk]["cpu_us_per_event"], ch["cpu_us_per_event"])
             net = c.ratio(p[sdk]["net_cpu_us_per_event"], ch["net_cpu_us_per_event"])

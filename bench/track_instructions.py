@@ -25,7 +25,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile

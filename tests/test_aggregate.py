@@ -17,14 +17,24 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from conftest import ROOT, run_host, start_host
 from freezegun import freeze_time
 
-from callhome.aggregate import (MAX_COUNT, MAX_PENDING_WINDOWS, SEAL_LEASE, AggregateStore, Counter,
-                                aggregate_event_id, aggregate_payload, default_grace, window_start)
+from callhome.aggregate import (
+    MAX_COUNT,
+    MAX_PENDING_WINDOWS,
+    SEAL_LEASE,
+    AggregateStore,
+    Counter,
+    aggregate_event_id,
+    aggregate_payload,
+    default_grace,
+    window_start,
+)
 from callhome.config import resolve
 from callhome.payload import static_fields
 from callhome.schema import validate
+
+from conftest import ROOT, run_host, start_host
 
 HOUR = 3600
 #: A window start a day ago: real enough for the schema's event_at range, long closed.

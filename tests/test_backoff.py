@@ -12,6 +12,7 @@ import uuid
 from email.utils import formatdate
 
 import pytest
+
 from callhome import backoff
 from callhome.backoff import MAX_DELAY, MAX_RETRY_AFTER, delay, parse_retry_after
 from callhome.buffer import Counters
@@ -19,6 +20,7 @@ from callhome.config import resolve
 from callhome.queue import DiskQueue, frame, parse_entry
 from callhome.sender.delivery import AUTH_PAUSE, Sender
 from callhome.sender.files import key_hash, paused_until
+
 from conftest import API_KEY, PRODUCT, listing, queue_dir, shared_state, wait_until
 
 NOW = 1_795_440_000.0

@@ -10,6 +10,7 @@ import sys
 import uuid
 
 import pytest
+
 from conftest import API_KEY, PRODUCT, ROOT, host_options, run_host
 
 

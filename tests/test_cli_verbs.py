@@ -11,12 +11,13 @@ import sys
 import textwrap
 
 import pytest
-from callhome._lock import is_held
-from conftest import API_KEY, PRODUCT, ROOT, host_options, listing, run_host, wait_until
 from test_cli import backlog, cli  # noqa: F401  (backlog is a fixture: three events left on disk)
 
 from callhome import privacy
+from callhome._lock import is_held
 from callhome.cli import main
+
+from conftest import API_KEY, PRODUCT, ROOT, host_options, listing, run_host, wait_until
 
 
 def verb(state_dir: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

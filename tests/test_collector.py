@@ -18,8 +18,7 @@ import wsgiref.validate
 import pytest
 import requests
 
-from callhome.collector import CollectorServer, Store, make_app
-from callhome.collector import _gateway
+from callhome.collector import CollectorServer, Store, _gateway, make_app
 from callhome.collector.faults import parse_action
 from callhome.collector.server import add_arguments
 from callhome.schema import AGGREGATE_PATH, USAGE_PATH

@@ -12,8 +12,7 @@ import time
 import pytest
 import requests
 
-from callhome.collector import CollectorServer
-from callhome.collector import _gateway
+from callhome.collector import CollectorServer, _gateway
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,11 +7,12 @@ import logging
 import os
 
 import pytest
-from conftest import host_options, run_host
 
 from callhome.config import DEFAULT_ENDPOINT, ENV, Config, env_flag, resolve
 from callhome.optout import decide
 from callhome.schema import validate
+
+from conftest import host_options, run_host
 
 # Every option of init() and the value resolve() gives it when nothing is set (docs/configuration.md).
 DEFAULTS = {

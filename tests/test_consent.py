@@ -10,9 +10,9 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import API_KEY, PRODUCT, ROOT, host_options, listing, run_host, wait_until
-
 from callhome import choices
+
+from conftest import API_KEY, PRODUCT, ROOT, host_options, listing, run_host, wait_until
 
 HOST = """
 import json, callhome

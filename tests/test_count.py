@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+
 from conftest import PRODUCT, host_options, run_host, start_host, wait_until
 
 INTERVAL = 10  # seconds; the grace before a window is sent is interval / 4

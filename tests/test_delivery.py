@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+
 from conftest import API_KEY, PRODUCT, host_options, listing, queue_dir, run_host, shared_state, wait_until
 
 #: Reo's answer for a payload it refuses (not an authentication failure).

@@ -19,10 +19,22 @@ import time
 import zlib
 
 import pytest
+
 from callhome._lock import is_held
 from callhome.queue import DiskQueue
-from conftest import (API_KEY, PRODUCT, ROOT, host_options, kill_9_when, listing, queue_dir, run_host, start_host,
-                      wait_until)
+
+from conftest import (
+    API_KEY,
+    PRODUCT,
+    ROOT,
+    host_options,
+    kill_9_when,
+    listing,
+    queue_dir,
+    run_host,
+    start_host,
+    wait_until,
+)
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -590,7 +602,7 @@ def test_stale_claims_are_recovered_by_the_next_sender(make_agent, collector, st
         "foreign-L": ("0badc0de", "L", now + 300, False),
     }
     expected, waiting = set(), set()
-    for n, (label, (claim_node, mode, lease, recovered)) in enumerate(claims.items()):
+    for n, (claim_node, mode, lease, recovered) in enumerate(claims.values()):
         records = [good_record(template, 10 * n + i) for i in range(2)]
         data = b"".join(frame(r) for r in records)
         ready_name = batch_name(2, len(data), "%016x" % (n + 1), not_before=now - 60)

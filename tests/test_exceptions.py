@@ -12,9 +12,10 @@ import os
 import sys
 
 import pytest
-from conftest import closed_port_url, deliver, files_under, host_options, of_type, payloads, run_host
 
 import callhome.exceptions
+
+from conftest import closed_port_url, deliver, files_under, host_options, of_type, payloads, run_host
 
 
 class LockTimeout(Exception):
@@ -268,6 +269,7 @@ def test_no_home_path_leaves_the_machine(collector, state_dir, make_agent, tmp_p
                 "    path = os.path.join(os.path.dirname(__file__), 'settings.toml')\n"
                 "    secret_local = 'hunter2-local-value'\n"
                 "    return open(path).read()\n")
+    options = host_options(collector, state_dir, endpoint=closed_port_url(), capture_exceptions=True, sessions=True)
     with open(os.path.join(code_dir, "acme_main.py"), "w") as f:
         f.write("import callhome\n"
                 "import acme_lib\n"
@@ -279,7 +281,7 @@ def test_no_home_path_leaves_the_machine(collector, state_dir, make_agent, tmp_p
                 "        callhome.track_exception()\n"
                 "    acme_lib.load_config()\n"
                 "\n"
-                f"callhome.init({host_options(collector, state_dir, endpoint=closed_port_url(), capture_exceptions=True, sessions=True)})\n"
+                f"callhome.init({options})\n"
                 "main()\n")
     host = run_host(f"""
         import runpy, sys

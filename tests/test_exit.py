@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+
 from conftest import ROOT, closed_port_url, host_options, run_host, start_host, wait_until
 
 EXIT_MARGIN = 0.5  # seconds over the bare interpreter: generous, the design budget is 0.05 s

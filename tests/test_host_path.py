@@ -14,6 +14,7 @@ import pytest
 import callhome
 from callhome.agent import Agent
 from callhome.payload import MAX_KEY, MAX_META_BYTES, MAX_META_KEYS, MAX_STRING, clean_meta
+
 from conftest import API_KEY, PRODUCT, host_options, is_uuid4, run_host
 
 

@@ -16,7 +16,9 @@ import signal
 import time
 
 import pytest
+
 from callhome._lock import is_held
+
 from conftest import host_options, kill_9_when, listing, queue_dir, run_host, start_host, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and POSIX signals")

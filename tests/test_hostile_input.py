@@ -63,7 +63,8 @@ def calls(value):
     yield "call_home", (value,), {}
     yield "set_property", (value, "x"), {}
     yield "set_property", (1, value), {}
-    yield "set_license", (value,), {"expired": value, "activated": value, "blocked": value, "allowed": value, "key": value}
+    yield "set_license", (value,), {"expired": value, "activated": value, "blocked": value, "allowed": value,
+                                    "key": value}
     yield "start_session", (value,), {}
     yield "end_session", (value,), {}
     yield "track_exception", (value,), {}

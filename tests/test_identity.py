@@ -9,9 +9,10 @@ import stat
 import time
 
 import pytest
-from conftest import is_uuid4, start_host
 
 from callhome import identity
+
+from conftest import is_uuid4, start_host
 
 
 def test_created_once_as_a_private_uuid4(tmp_path):

@@ -12,13 +12,14 @@ import socket
 import time
 
 import pytest
-from conftest import API_KEY, PRODUCT, host_options, is_uuid4, run_host
 
 import callhome
 from callhome import Agent
 from callhome.collector import CollectorServer
 from callhome.optout import CI_VARIABLES
 from callhome.schema import validate
+
+from conftest import API_KEY, PRODUCT, host_options, is_uuid4, run_host
 
 UTC = dt.timezone.utc
 T = 1_763_856_000  # 2025-11-23T00:00:00Z: in range whenever these tests run

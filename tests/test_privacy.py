@@ -10,11 +10,12 @@ import stat
 import threading
 
 import pytest
-from conftest import PRODUCT, run_host
 
 import callhome
 from callhome import privacy
 from callhome.privacy import MASK, mask_args, redact_path, salted_hash
+
+from conftest import PRODUCT, run_host
 
 
 @pytest.fixture

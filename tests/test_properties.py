@@ -14,6 +14,7 @@ import os
 import platform
 
 import pytest
+
 from conftest import PRODUCT, closed_port_url, files_under, host_options, of_type, payloads, run_host
 
 DETECTED = ("os", "os_version", "arch", "python_version", "python_impl", "locale", "cpu_count", "container",

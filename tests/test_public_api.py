@@ -9,10 +9,11 @@ import os
 import pkgutil
 
 import pytest
-from conftest import ROOT, host_options, run_host
 from test_layering import is_stdlib
 
 import callhome
+
+from conftest import ROOT, host_options, run_host
 
 HEAVY = ("requests", "filelock", "platformdirs", "sqlite3", "urllib3")
 

@@ -11,11 +11,22 @@ import uuid
 import zlib
 
 import pytest
-from conftest import PRODUCT, host_options, payloads, run_host, start_host
 
 from callhome.memqueue import MemoryQueue
-from callhome.queue import (MAX_BATCH, MAX_KEPT_BAD, MAX_LEASE, MAX_OPEN, DiskQueue, entry_name, frame,
-                            parse_entry, space, unframe)
+from callhome.queue import (
+    MAX_BATCH,
+    MAX_KEPT_BAD,
+    MAX_LEASE,
+    MAX_OPEN,
+    DiskQueue,
+    entry_name,
+    frame,
+    parse_entry,
+    space,
+    unframe,
+)
+
+from conftest import PRODUCT, host_options, payloads, run_host, start_host
 
 NOW = time.time()
 
@@ -540,7 +551,8 @@ def test_the_open_batch_of_a_killed_process_is_adopted_once(tmp_path):
         import os, sys, time
         from callhome.queue import DiskQueue, frame
         q = DiskQueue({root!r}).open()
-        q.append([frame({{"v": 1, "kind": "usage", "payload": {{"event_id": "e%d" % i}}}}) for i in range(7)], time.time())
+        q.append([frame({{"v": 1, "kind": "usage", "payload": {{"event_id": "e%d" % i}}}}) for i in range(7)],
+                 time.time())
         print("appended", flush=True)
         time.sleep(60)
     """)

@@ -14,14 +14,16 @@ from typing import Callable
 
 import pytest
 import requests
-from conftest import wait_until as wait_for
 
 from callhome import Agent
-from callhome.collector import CollectorServer, relay as relay_module
+from callhome.collector import CollectorServer
+from callhome.collector import relay as relay_module
 from callhome.collector.relay import Relay, client_address, public_address, read_key_file
 from callhome.collector.server import main
 from callhome.queue import DiskQueue
 from callhome.schema import USAGE_PATH
+
+from conftest import wait_until as wait_for
 
 AGENT_KEY = "agent-key"
 UPSTREAM_KEY = "upstream-secret"

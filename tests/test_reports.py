@@ -12,8 +12,7 @@ import requests
 from freezegun import freeze_time
 
 from callhome import cli
-from callhome.collector import CollectorServer, Store, make_app
-from callhome.collector import reports
+from callhome.collector import CollectorServer, Store, make_app, reports
 from callhome.collector.app import REPORT_PATH
 from callhome.collector.server import add_arguments
 from callhome.schema import AGGREGATE_PATH, USAGE_PATH

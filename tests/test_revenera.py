@@ -18,7 +18,6 @@ import random
 import uuid
 import zipfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional
 
 import pytest
 import requests
@@ -63,7 +62,7 @@ def on(date: str, seconds: int = 0) -> int:
     return at(dt.date.fromisoformat(date), seconds)
 
 
-def payload(event_at: int, client: Optional[str], activity: str, product: str = PRODUCT, **meta) -> dict:
+def payload(event_at: int, client: str | None, activity: str, product: str = PRODUCT, **meta) -> dict:
     fields = {"callhome_version": "0.4.0", **meta}
     if client is not None:
         fields["installation_id"] = client
@@ -72,28 +71,28 @@ def payload(event_at: int, client: Optional[str], activity: str, product: str = 
             "user_agent": f"{product}/1.0 callhome/0.4.0 (Linux 6.1.0; x86_64) Python/3.11.2", "meta": fields}
 
 
-def custom(event_at: int, client: Optional[str], name: str, category: str = "", **kw) -> dict:
+def custom(event_at: int, client: str | None, name: str, category: str = "", **kw) -> dict:
     meta = {"category": category} if category else {}  # the agent leaves out an absent category
     return payload(event_at, client, name, **meta, **kw)
 
 
-def aggregate(event_at: int, client: Optional[str], name: str, count: int, category: str = "") -> dict:
+def aggregate(event_at: int, client: str | None, name: str, count: int, category: str = "") -> dict:
     return dict(custom(event_at, client, name, category), count=count, mode="DOMAIN")
 
 
-def session(event_at: int, client: Optional[str], duration: float, **props) -> dict:
+def session(event_at: int, client: str | None, duration: float, **props) -> dict:
     return payload(event_at, client, "SESSION", record_type="session", session_id=uuid.uuid4().hex,
                    session_kind="process", session_start=event_at - int(duration), session_end=event_at,
                    duration=duration, closed_by="exit", **props)
 
 
-def exception(event_at: int, client: Optional[str], cls: str, handled: bool = True, **props) -> dict:
+def exception(event_at: int, client: str | None, cls: str, handled: bool = True, **props) -> dict:
     return payload(event_at, client, "EXCEPTION", record_type="exception", exception_class=cls,
                    exception_function="helper", exception_file="lib.py", exception_line=40,
                    stack="app.py:12 in main > lib.py:40 in helper", handled=handled, **props)
 
 
-def call_home(event_at: int, client: Optional[str], **props) -> dict:
+def call_home(event_at: int, client: str | None, **props) -> dict:
     return payload(event_at, client, "CALL_HOME", record_type="call_home", **props)
 
 
@@ -116,11 +115,11 @@ class Record:
         return EPOCH + dt.timedelta(days=self.event_at // DAY)
 
     @property
-    def client(self) -> Optional[str]:
+    def client(self) -> str | None:
         return self.meta.get("installation_id")
 
     @property
-    def record_type(self) -> Optional[str]:
+    def record_type(self) -> str | None:
         return self.meta.get("record_type")
 
     @property
@@ -139,14 +138,14 @@ def post(http: requests.Session, server: CollectorServer, record: dict) -> None:
     assert reply.status_code == 200, reply.text
 
 
-def feed(server: CollectorServer, records: List[dict]) -> List[Record]:
+def feed(server: CollectorServer, records: list[dict]) -> list[Record]:
     with requests.Session() as http:
         for record in records:
             post(http, server, record)
     return [Record(record) for record in records]
 
 
-def make_fleet() -> List[dict]:
+def make_fleet() -> list[dict]:
     """Eight installations over seven weeks; seeded, so every run posts the same records."""
     rng = random.Random(6)
     spans = {"client-01": (FLEET_FIRST, FLEET_LAST),
@@ -156,7 +155,7 @@ def make_fleet() -> List[dict]:
     for n in range(5, 9):
         first = FLEET_FIRST + dt.timedelta(rng.randint(0, 30))
         spans[f"client-{n:02d}"] = (first, min(first + dt.timedelta(rng.randint(0, 30)), FLEET_LAST))
-    records: List[dict] = []
+    records: list[dict] = []
     for index, (client, (first, last)) in enumerate(sorted(spans.items())):
         for offset in range((last - first).days + 1):
             day = first + dt.timedelta(offset)
@@ -175,7 +174,7 @@ _EVENTS = [("cli", "build"), ("cli", "deploy"), ("", "open"), ("ui", "open")]
 _EXCEPTIONS = ["ValueError", "pkg.mod.MyError", "KeyError"]
 
 
-def _active_day(rng: random.Random, index: int, client: str, day: dt.date) -> List[dict]:
+def _active_day(rng: random.Random, index: int, client: str, day: dt.date) -> list[dict]:
     # Distinct times per client and record: "newest first" has no ties to break.
     base = at(day, 600 * (index + 1))
     times = iter(range(base, base + 600, 7))
@@ -247,7 +246,7 @@ def api(server):
 
 
 # -- expectations, by plain loops over the records -------------------------------------------------
-def days(first: dt.date, last: dt.date) -> List[dt.date]:
+def days(first: dt.date, last: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(n) for n in range((last - first).days + 1)]
 
 
@@ -258,16 +257,16 @@ def period(date: dt.date, split: str) -> dt.date:
     return date.replace(day=1) if split == "month" else date
 
 
-def labels(first: dt.date, last: dt.date, split: str) -> List[str]:
+def labels(first: dt.date, last: dt.date, split: str) -> list[str]:
     return sorted({period(date, split).isoformat() for date in days(first, last)})
 
 
-def ours(records: List[Record]) -> List[Record]:
+def ours(records: list[Record]) -> list[Record]:
     return [record for record in records if record.product == PRODUCT]
 
 
-def client_days(records: List[Record]) -> Dict[str, set]:
-    found: Dict[str, set] = {}
+def client_days(records: list[Record]) -> dict[str, set]:
+    found: dict[str, set] = {}
     for record in ours(records):
         if record.client:
             found.setdefault(record.client, set()).add(record.date)
@@ -277,7 +276,7 @@ def client_days(records: List[Record]) -> Dict[str, set]:
 def expected_date_range(records, first, last, split, lost_after, reported) -> dict:
     names = labels(first, last, split)
     new, lost = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
-    active: Dict[str, set] = {name: set() for name in names}
+    active: dict[str, set] = {name: set() for name in names}
     for client, dates in client_days(records).items():
         for date in dates:
             if first <= date <= last:
@@ -357,9 +356,9 @@ def test_usage_distribution_histograms_of_the_fleet(fleet):
     assert result["clients"] >= 5 and sum(1 for n in sessions.values() if n >= 2) >= 2
 
 
-def expected_table(records, first, last) -> List[dict]:
-    counts: Dict[tuple, int] = {}
-    users: Dict[tuple, set] = {}
+def expected_table(records, first, last) -> list[dict]:
+    counts: dict[tuple, int] = {}
+    users: dict[tuple, set] = {}
     for record in ours(records):
         if record.record_type is None and in_range(record, first, last):
             key = (record.meta.get("category", ""), record.payload["activity_type"])
@@ -397,7 +396,7 @@ def test_timeline_of_the_fleet_with_each_divisor(fleet, divisor, split):
     wanted = [("cli", "build"), ("", "open"), ("cli", "never-used")]
     names = labels(first, last, split)
     counts = {key: dict.fromkeys(names, 0) for key in wanted}
-    users: Dict[str, set] = {name: set() for name in names}
+    users: dict[str, set] = {name: set() for name in names}
     sessions, hours = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0)
     for record in ours(records):
         if not in_range(record, first, last):
@@ -463,7 +462,7 @@ def iso(event_at: int) -> str:
 
 def test_client_property_list_pages_to_the_end_with_current_values(fleet):
     server, records = fleet
-    expected: Dict[str, dict] = {}
+    expected: dict[str, dict] = {}
     for record in sorted(ours(records), key=lambda r: r.event_at):  # oldest first: the last value wins
         if record.client:
             row = expected.setdefault(record.client, {"first": record.event_at, "props": {}})

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 
-from conftest import API_KEY, PRODUCT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callhome import Agent
 from callhome.schema import validate
+
+from conftest import API_KEY, PRODUCT
 
 TEXT = st.text(max_size=200) | st.sampled_from(["", " ", "\n", "\x00", "\ud800", "a" * 5000, "ÜNÏ ✓"])
 NUMBER = st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.just(10 ** 400)

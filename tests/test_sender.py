@@ -31,8 +31,10 @@ import uuid
 import zipfile
 
 import pytest
+
 from callhome._lock import is_held
 from callhome.collector import CollectorServer
+
 from conftest import API_KEY, PRODUCT, ROOT, files_under, host_options, listing, queue_dir, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/proc/self"),

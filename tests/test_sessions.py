@@ -19,9 +19,22 @@ import textwrap
 import time
 
 import pytest
-from conftest import (PRODUCT, ROOT, closed_port_url, deliver, host_options, is_uuid4, of_type, payloads, queue_dir,
-                      run_host, start_host, wait_until)
 from filelock import FileLock
+
+from conftest import (
+    PRODUCT,
+    ROOT,
+    closed_port_url,
+    deliver,
+    host_options,
+    is_uuid4,
+    of_type,
+    payloads,
+    queue_dir,
+    run_host,
+    start_host,
+    wait_until,
+)
 
 # -- helpers -------------------------------------------------------------------------------------
 

@@ -14,13 +14,23 @@ import time
 import tracemalloc
 
 import pytest
-from conftest import API_KEY
 
 from callhome.collector import CollectorServer, Store, make_app
 from callhome.collector.app import AUTH_FAILURE, SUCCESS
 from callhome.payload import new_event_id
-from callhome.sender.transport import (AUTH, MISCONFIGURED_DELAY, OK, REJECTED, RETRY, ClientTransport, HttpTransport,
-                                       classify, open_transport)
+from callhome.sender.transport import (
+    AUTH,
+    MISCONFIGURED_DELAY,
+    OK,
+    REJECTED,
+    RETRY,
+    ClientTransport,
+    HttpTransport,
+    classify,
+    open_transport,
+)
+
+from conftest import API_KEY
 
 
 def failure(status, message="bad"):

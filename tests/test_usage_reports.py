@@ -10,9 +10,9 @@ import time
 
 import pytest
 import requests
+from test_revenera import call_home, custom, exception, feed, session
 
 from callhome.collector import CollectorServer, dashboard, usage
-from test_revenera import call_home, custom, exception, feed, session
 
 DAY = 86400
 EPOCH = dt.date(1970, 1, 1)
