@@ -32,6 +32,7 @@ import zipfile
 
 import pytest
 
+import callhome
 from callhome._lock import is_held
 from callhome.collector import CollectorServer
 
@@ -745,9 +746,10 @@ def test_hosts_that_must_not_spawn_send_on_a_thread(hosts, collector, state_dir,
 
 @pytest.mark.parametrize("packaging", ["vendored", "zipped"])
 def test_a_vendored_or_zipped_callhome_sends_on_a_thread(hosts, collector, state_dir, tmp_path, packaging):
+    source = os.path.dirname(callhome.__file__)  # this checkout, or the installed wheel under test
     if packaging == "vendored":
         top = tmp_path / "vendor"
-        shutil.copytree(os.path.join(ROOT, "callhome"), top / "myapp" / "_vendor" / "callhome",
+        shutil.copytree(source, top / "myapp" / "_vendor" / "callhome",
                         ignore=shutil.ignore_patterns("__pycache__"))
         (top / "myapp" / "__init__.py").write_text("")
         (top / "myapp" / "_vendor" / "__init__.py").write_text("")
@@ -755,11 +757,11 @@ def test_a_vendored_or_zipped_callhome_sends_on_a_thread(hosts, collector, state
     else:
         where = str(tmp_path / "app.zip")
         with zipfile.ZipFile(where, "w") as archive:
-            for folder, dirs, names in os.walk(os.path.join(ROOT, "callhome")):
+            for folder, dirs, names in os.walk(source):
                 dirs[:] = [d for d in dirs if d != "__pycache__"]
                 for name in names:
                     full = os.path.join(folder, name)
-                    archive.write(full, os.path.relpath(full, ROOT))
+                    archive.write(full, os.path.relpath(full, os.path.dirname(source)))
         importing, reason = "import callhome", "not imported from a directory"
     code = textwrap.dedent(FALLBACK_HOST).replace("import json, sys, callhome", f"import json\n{importing}")
     done = hosts.run(code.format(options=host_options(collector, state_dir)), path=(where,))

@@ -22,11 +22,20 @@ import sys
 from . import consent, env, flush, preview, report, status
 from ._target import _Host, _Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived command waits for it)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    _VerbFunction = Callable[[_Target, argparse.Namespace], int]
+    _Option = tuple[tuple[str, ...], dict[str, Any]]  # add_argument()'s flags and keyword arguments
+
 __all__ = ["add_telemetry_commands", "main", "product_status"]
 
 
 # -- entry points ------------------------------------------------------------------------------
-def main(argv: list | None = None, product_id: str | None = None, **init_options: object) -> int:
+def main(argv: list[str] | None = None, product_id: str | None = None, **init_options: object) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
     Without ``product_id`` this is the ``callhome`` command (``--product`` on every verb). With it,
@@ -49,7 +58,7 @@ def main(argv: list | None = None, product_id: str | None = None, **init_options
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
-def add_telemetry_commands(subparsers, product_id: str, name: str = "telemetry",
+def add_telemetry_commands(subparsers: _Subparsers, product_id: str, name: str = "telemetry",
                            **init_options: object) -> argparse.ArgumentParser:
     """Add ``<host> telemetry [status|preview|flush|log|enable|disable|reset-id|forget|env]``.
 
@@ -67,14 +76,14 @@ def add_telemetry_commands(subparsers, product_id: str, name: str = "telemetry",
     return parser
 
 
-def product_status(product_id: str, data_dir: str | None = None, **init_options: object) -> dict:
+def product_status(product_id: str, data_dir: str | None = None, **init_options: object) -> dict[str, Any]:
     """What ``status --json`` reports, as a dict: read from the product's directory; creates nothing."""
     host = _Host(product_id, dict(init_options, **({"data_dir": data_dir} if data_dir else {})))
     return status.status_report(_Target(host, product_id, None))
 
 
 # -- the parser --------------------------------------------------------------------------------
-def _verbs() -> tuple:
+def _verbs() -> tuple[tuple[str, tuple[str, ...], _VerbFunction, str, tuple[_Option, ...]], ...]:
     """(name, aliases, function, help, extra arguments) of every verb."""
     timeout = (("--timeout",), dict(dest="ch_timeout", type=float, default=30.0, metavar="S",
                                     help="give up after S seconds (default 30)"))
@@ -102,7 +111,7 @@ def _verbs() -> tuple:
     )
 
 
-def _mount(parser: argparse.ArgumentParser, host: _Host):
+def _mount(parser: argparse.ArgumentParser, host: _Host) -> _Subparsers:
     """Give ``parser`` the verbs, with ``status`` when none is named; returns the sub-parsers.
 
     The common options live on ``parser`` and on every verb (``--json status`` and
@@ -135,7 +144,7 @@ def _common_options(parser: argparse.ArgumentParser, host: _Host, suppress: bool
                         help="machine-readable output: one JSON document on stdout")
 
 
-def _add_own_commands(verbs) -> None:
+def _add_own_commands(verbs: _Subparsers) -> None:
     """``demo``, ``collector`` and ``report``: the plain ``callhome`` command's tools, not a host's."""
     from ..collector.server import add_arguments, run
 
@@ -151,7 +160,7 @@ def _add_own_commands(verbs) -> None:
     reporting.set_defaults(func=functools.partial(report.report, reporting))
 
 
-def _run(host: _Host, verb, parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(host: _Host, verb: _VerbFunction, parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     product_id = host.product_id or getattr(args, "ch_product", None) or os.environ.get("CALLHOME_PRODUCT")
     product_id = (product_id or "").strip() or None
     if not product_id and verb is status.status:  # bare `callhome`: what ran on this machine

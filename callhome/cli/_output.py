@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived command waits for it)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
-def _emit(report: dict, as_json: bool) -> None:
+
+def _emit(report: dict[str, Any], as_json: bool) -> None:
     """``report`` as one JSON document, or as aligned ``key  value`` lines."""
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
@@ -26,7 +31,7 @@ def _plain(value: object) -> str:
     return str(value)
 
 
-def _table(rows: list) -> None:
+def _table(rows: Sequence[Sequence[object]]) -> None:
     """Rows of cells, each column as wide as its widest cell (the last one is not padded)."""
     widths = [max(len(_plain(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:

@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived command waits for it)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..config import Config
+    from ..optout import Decision
+    from ..queue import DiskQueue
+
 #: The settings of the host's last run (``state/agent.json``) that the CLI reuses; never the key.
 _SAVED = ("endpoint", "domain", "ip_addr", "relay", "consent", "send_in_ci")
 
@@ -15,7 +23,7 @@ class _Host:
 
     __slots__ = ("product_id", "options")
 
-    def __init__(self, product_id: str | None, options: dict) -> None:
+    def __init__(self, product_id: str | None, options: dict[str, object]) -> None:
         self.product_id = product_id
         self.options = {k: v for k, v in options.items() if v is not None}
         if product_id is not None:
@@ -47,7 +55,13 @@ class _Target:
         self.root = os.path.expanduser(str(chosen)) if chosen else default_root()
         self.directory = product_dir(product_id, self.root) if product_id else None
 
-    def kwargs(self) -> dict:
+    @property
+    def product_directory(self) -> str:
+        """:attr:`directory`, for what acts on one product (``_run`` makes sure there is one)."""
+        assert self.directory is not None, "no product"
+        return self.directory
+
+    def kwargs(self) -> dict[str, Any]:
         """``init()`` options: the host's last run (``state/agent.json``), then the environment,
         then the host's own options, which win as they do in ``init()``."""
         from ..config import ENV
@@ -58,25 +72,25 @@ class _Target:
         kwargs.update(self.options, product_id=self.product_id, data_dir=self.root)
         return kwargs
 
-    def config(self):
+    def config(self) -> Config:
         from ..config import resolve
 
         return resolve(self.kwargs())
 
-    def choices(self) -> dict:
+    def choices(self) -> dict[str, Any]:
         from .. import choices
 
-        return choices.load(self.directory)
+        return choices.load(self.product_directory)
 
-    def decision(self, with_choices: bool = True):
+    def decision(self, with_choices: bool = True) -> Decision:
         from ..optout import decide
 
         return decide(self.config(), choices=self.choices() if with_choices else None)
 
-    def queue(self):
+    def queue(self) -> DiskQueue:
         from ..queue import DiskQueue
 
-        return DiskQueue(self.directory)  # reads only: nothing is created until .open()
+        return DiskQueue(self.product_directory)  # reads only: nothing is created until .open()
 
     def path(self, name: str) -> str:
-        return os.path.join(self.directory, name)
+        return os.path.join(self.product_directory, name)

@@ -12,13 +12,18 @@ from ..notice import is_terminal as _is_terminal
 from ._output import _emit
 from ._target import _Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived command waits for it)
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
+
 
 # -- enable / disable --------------------------------------------------------------------------
 def enable(target: _Target, args: argparse.Namespace) -> int:
     """Save consent (which also counts as having seen the notice); warn when something still wins."""
     from .. import choices
 
-    fields: dict = {"disabled": False, "consent": True}
+    fields: dict[str, object] = {"disabled": False, "consent": True}
     if not args.ch_global:
         fields.update(notice_version=choices.NOTICE_VERSION, notice_at=int(time.time()))
     saved_to = choices.save(_anchor(target), "global" if args.ch_global else "product", **fields)
@@ -44,11 +49,11 @@ def disable(target: _Target, args: argparse.Namespace) -> int:
 
     saved_to = choices.save(_anchor(target), "global" if args.ch_global else "product",
                             disabled=True, consent=False)
-    directories = _product_dirs(target.root) if args.ch_global else [target.directory]
+    directories = _product_dirs(target.root) if args.ch_global else [target.product_directory]
     wiped = [(_delete_id(directory), DiskQueue(directory).wipe()) for directory in directories]
-    report = {"saved_to": saved_to, "scope": "global" if args.ch_global else "product", "enabled": False,
-              "deleted_installation_ids": [old for old, _ in wiped if old],
-              "deleted_events": sum(events for _, events in wiped)}
+    report: dict[str, Any] = {"saved_to": saved_to, "scope": "global" if args.ch_global else "product",
+                              "enabled": False, "deleted_installation_ids": [old for old, _ in wiped if old],
+                              "deleted_events": sum(events for _, events in wiped)}
     which = "every product" if args.ch_global else target.product_id
     ids, events = len(report["deleted_installation_ids"]), report["deleted_events"]
     _emit_saved(target, report, f"telemetry is off for {which}; deleted {ids} installation id(s) and "
@@ -61,7 +66,7 @@ def _saved_veto(target: _Target) -> str:
     from .. import choices
 
     path = target.choices().get("disabled_by")
-    hint = "run `enable --global`" if path == choices.paths(target.directory)[0] else "run `enable`"
+    hint = "run `enable --global`" if path == choices.paths(target.product_directory)[0] else "run `enable`"
     return f"still disabled by `disable` (saved in {path}): {hint}"
 
 
@@ -85,12 +90,12 @@ def _environment_veto(target: _Target) -> str | None:
     return "CI detected" if detect_ci(os.environ) else None
 
 
-def product_names(root: str) -> list:
+def product_names(root: str) -> list[str]:
     """The products with state under ``root``, as their directories are named."""
     return [os.path.basename(path) for path in _product_dirs(root)]
 
 
-def _product_dirs(root: str) -> list:
+def _product_dirs(root: str) -> list[str]:
     try:
         names = sorted(os.listdir(root))
     except OSError:
@@ -98,7 +103,7 @@ def _product_dirs(root: str) -> list:
     return [path for path in (os.path.join(root, name) for name in names) if os.path.isdir(path)]
 
 
-def _emit_saved(target: _Target, report: dict, summary: str) -> None:
+def _emit_saved(target: _Target, report: dict[str, Any], summary: str) -> None:
     if target.json:
         _emit(report, True)
     else:
@@ -111,7 +116,7 @@ def reset_id(target: _Target, args: argparse.Namespace) -> int:
     """Delete the installation id; the next run of the product creates a new one."""
     from ..identity import ID_FILE
 
-    old = _delete_id(target.directory)
+    old = _delete_id(target.product_directory)
     report = {"old_installation_id": old, "deleted": old is not None, "id_file": target.path(ID_FILE)}
     if target.json:
         _emit(report, True)
@@ -139,7 +144,7 @@ def forget(target: _Target, args: argparse.Namespace) -> int:
     """Delete the product's whole directory, after ``--yes`` or a "y" typed on a terminal."""
     import shutil
 
-    directory = target.directory
+    directory = target.product_directory
     existed = os.path.isdir(directory)
     if existed and not args.ch_yes:
         if not _is_terminal(sys.stdin):
@@ -174,7 +179,7 @@ def _stop_the_sender(target: _Target, wait: float = 2.0) -> None:
         time.sleep(0.02)
 
 
-def _remove_tree(shutil, directory: str, attempts: int = 5) -> None:
+def _remove_tree(shutil: ModuleType, directory: str, attempts: int = 5) -> None:
     """``rmtree``, again if a process of the product wrote into it meanwhile."""
     for _ in range(attempts - 1):
         try:

@@ -8,6 +8,10 @@ import os
 from ._output import _emit, _table
 from ._target import _Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived command waits for it)
+if TYPE_CHECKING:
+    from typing import Any
+
 _SECRET = ("CALLHOME_API_KEY", "REO_API_KEY")
 
 
@@ -24,7 +28,7 @@ def env(target: _Target, args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(name: str, meaning: str) -> dict:
+def _row(name: str, meaning: str) -> dict[str, Any]:
     raw = os.environ.get(name)
     value = "***" if raw is not None and name in _SECRET else raw
     return {"name": name, "value": value, "set": raw is not None, "meaning": meaning}
@@ -44,7 +48,7 @@ def _flag(name: str, effect: str) -> str:
     return _if_set(name, effect if env_flag(os.environ.get(name)) else "ignored: explicit negative")
 
 
-def _optout_rows(target: _Target) -> list:
+def _optout_rows(target: _Target) -> list[dict[str, Any]]:
     from ..optout import OPT_OUT_VARIABLES, product_variable
 
     config = target.config()
@@ -55,7 +59,7 @@ def _optout_rows(target: _Target) -> list:
     return rows
 
 
-def _option_rows(target: _Target) -> list:
+def _option_rows(target: _Target) -> list[dict[str, Any]]:
     from ..config import ENV
 
     return [_row(name, _if_set(name, _option_meaning(target, name, option))) for name, option in ENV.items()]
@@ -75,7 +79,7 @@ def _option_meaning(target: _Target, name: str, option: str) -> str:
     return problems[0] if problems and name not in _SECRET else f"sets {option}"
 
 
-def _ci_rows() -> list:
+def _ci_rows() -> list[dict[str, Any]]:
     from ..optout import CI_VARIABLES
 
     rows = [_row("CI", _flag("CI", "CI detected"))]

@@ -9,6 +9,13 @@ from ..notice import is_terminal as _is_terminal
 from ._output import _emit
 from ._target import _Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived command waits for it)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..agent import Agent
+    from ..config import Config
+
 
 def flush(target: _Target, args: argparse.Namespace) -> int:
     """Deliver the backlog with the host's last settings; the key comes from the environment."""
@@ -36,23 +43,23 @@ def flush(target: _Target, args: argparse.Namespace) -> int:
     return _flush_summary(target, report)
 
 
-def _notice_first(target: _Target, config) -> None:
+def _notice_first(target: _Target, config: Config) -> None:
     """A person asked to send, on a terminal the notice never reached: show it, then send (the
     request is explicit, so this run is not the deferred first run a product's own would be)."""
     from .. import choices
     from ..notice import show_on_terminal
 
     if target.choices().get("notice_version") != choices.NOTICE_VERSION:
-        show_on_terminal(config, target.directory)
+        show_on_terminal(config, target.product_directory)
 
 
-def _flush_with_progress(agent, timeout: float, total: int) -> bool:
+def _flush_with_progress(agent: Agent, timeout: float, total: int) -> bool:
     """``agent.flush(timeout)``, drawing ``delivered n/total`` on stderr when it is a terminal."""
     if not _is_terminal(sys.stderr):
         return bool(agent.flush(timeout))
     import threading
 
-    outcome: list = []
+    outcome: list[bool] = []
     flusher = threading.Thread(target=lambda: outcome.append(agent.flush(timeout)), daemon=True)
     flusher.start()
     while flusher.is_alive():
@@ -69,7 +76,7 @@ def _draw_progress(done: int, total: int, width: int = 30) -> None:
     sys.stderr.flush()
 
 
-def _flush_summary(target: _Target, report: dict) -> int:
+def _flush_summary(target: _Target, report: dict[str, Any]) -> int:
     if target.json:
         _emit(report, True)
     elif not report["enabled"]:

@@ -8,6 +8,10 @@ import sys
 
 from ._target import _Host, _Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived command waits for it)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="CURRENT_MAU or USERS_IN_PAST_DAYS (any case)")
@@ -51,7 +55,7 @@ def report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0 if envelope.get("status") == "OK" else 1
 
 
-def _remote_report(url: str, key: str, document: dict, timeout: float) -> dict | None:
+def _remote_report(url: str, key: str, document: dict[str, Any], timeout: float) -> dict[str, Any] | None:
     """The collector's envelope (error statuses included), or None after saying why on stderr."""
     import urllib.error
     import urllib.request
@@ -80,7 +84,7 @@ def _remote_report(url: str, key: str, document: dict, timeout: float) -> dict |
     return envelope
 
 
-def _sent_payloads(args: argparse.Namespace) -> list:
+def _sent_payloads(args: argparse.Namespace) -> list[Any]:
     """The payloads the product's agent delivered (outcome ``ok``), from its bounded sent log."""
     from .. import sentlog
     from ..sender.transport import OK

@@ -8,6 +8,12 @@ import os
 from ._output import _emit, _table, _when
 from ._target import _Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived command waits for it)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..config import Config
+
 
 def status(target: _Target, args: argparse.Namespace) -> int:
     _emit(status_report(target), target.json)
@@ -38,16 +44,17 @@ def products(target: _Target) -> int:
     return 0
 
 
-def status_report(target: _Target) -> dict:
+def status_report(target: _Target) -> dict[str, Any]:
     """What ``status --json`` prints; reads only, creates nothing."""
     from .._version import __version__
     from ..identity import read
 
     config, saved = target.config(), target.choices()
     decision = target.decision()
-    report = {"product_id": target.product_id, "version": __version__, "enabled": decision.enabled,
-              "reason": decision.reason, "ci": decision.is_ci, "endpoint": config.endpoint,
-              "api_key": "set" if config.api_key else "missing", "installation_id": read(target.directory)}
+    report: dict[str, Any] = {
+        "product_id": target.product_id, "version": __version__, "enabled": decision.enabled,
+        "reason": decision.reason, "ci": decision.is_ci, "endpoint": config.endpoint,
+        "api_key": "set" if config.api_key else "missing", "installation_id": read(target.product_directory)}
     report.update(_consent_report(target, saved))
     report.update(_paths_report(target))
     report.update(_queue_report(target, config))
@@ -55,7 +62,7 @@ def status_report(target: _Target) -> dict:
     return report
 
 
-def _consent_report(target: _Target, saved: dict) -> dict:
+def _consent_report(target: _Target, saved: dict[str, Any]) -> dict[str, Any]:
     from ..choices import NOTICE_VERSION
 
     seen = saved.get("notice_version") == NOTICE_VERSION
@@ -74,20 +81,19 @@ def _consent_report(target: _Target, saved: dict) -> dict:
             "notice": notice}
 
 
-def _paths_report(target: _Target) -> dict:
+def _paths_report(target: _Target) -> dict[str, Any]:
     from .. import choices, sentlog
     from ..identity import ID_FILE
 
-    global_file, product_file = choices.paths(target.directory)
+    global_file, product_file = choices.paths(target.product_directory)
     return {"state_dir": target.directory, "id_file": target.path(ID_FILE), "choice_file": product_file,
             "global_choice_file": global_file, "sent_log": target.path(sentlog.FILE)}
 
 
-def _queue_report(target: _Target, config) -> dict:
-    from .. import sentlog
-
+def _queue_report(target: _Target, config: Config) -> dict[str, Any]:
     import time
 
+    from .. import sentlog
     from ..sender.files import auth_until, backoff_state
 
     queue = target.queue()
@@ -106,7 +112,7 @@ def _queue_report(target: _Target, config) -> dict:
     }
 
 
-def _sender_report(target: _Target) -> dict:
+def _sender_report(target: _Target) -> dict[str, Any]:
     """The product's sender: running or not (its lock is held for its whole life), and what it said."""
     from .._lock import is_held
     from ..sender.files import LOCK_NAME, read_status
@@ -147,9 +153,10 @@ def log(target: _Target, args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_row(entry: dict) -> dict:
+def _log_row(entry: dict[str, Any]) -> dict[str, Any]:
     """One sent-log entry as a short row: time, outcome, status, activity, event id."""
-    payload = entry.get("payload") if isinstance(entry.get("payload"), dict) else {}
+    payload = entry.get("payload")
+    payload = payload if isinstance(payload, dict) else {}
     return {"at": _when(entry.get("at")), "outcome": entry.get("outcome"), "status": entry.get("status"),
             "activity": payload.get("activity_type"), "event_id": payload.get("event_id"),
             "detail": entry.get("detail") or ""}

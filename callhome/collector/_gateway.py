@@ -18,12 +18,16 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote
 
 from callhome.collector.faults import AbortConnection
+
+if TYPE_CHECKING:
+    from callhome.collector.server import _HTTPServer
 
 __all__ = ["IDLE_TIMEOUT", "WSGIRequestHandler"]
 
@@ -56,7 +60,7 @@ class _Body:
     def readlines(self, hint: int = -1) -> list[bytes]:
         return list(self)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
 
     def _take(self, reader: Callable[[int], bytes], size: int | None) -> bytes:
@@ -72,19 +76,22 @@ class WSGIRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "callhome-collector"
     timeout = IDLE_TIMEOUT  # StreamRequestHandler.setup() applies it to the socket
-    headers: dict[str, str]  # lower-case names, repeated headers joined with ","
+    server: _HTTPServer
+    raw_requestline: bytes  # read by BaseHTTPRequestHandler.handle_one_request() before parse_request()
+    # Not http.server's email Message: parse_request() builds a plain dict (see _read_headers).
+    headers: dict[str, str]  # type: ignore[assignment]  # lower-case names, repeated headers joined with ","
 
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.track(self.connection, opened=True)  # type: ignore[attr-defined]
+        self.server.track(self.connection, opened=True)
         self._base_environ = self._connection_environ()
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.server.track(self.connection, opened=False)  # type: ignore[attr-defined]
+            self.server.track(self.connection, opened=False)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         if getattr(self.server, "verbose", False):
@@ -125,7 +132,7 @@ class WSGIRequestHandler(BaseHTTPRequestHandler):
             return
         body = _Body(self.rfile, length)
         try:
-            status, headers, data = _call_app(self.server.app, self._environ(body))  # type: ignore
+            status, headers, data = _call_app(self.server.app, self._environ(body))
         except AbortConnection:
             # Read the body first: a client still sending it would swallow the reset in its send
             # and then see a plain end of stream.
@@ -288,12 +295,12 @@ def _content_length(headers: dict[str, str]) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
-def _call_app(app: Callable[..., Any], environ: dict[str, Any]) -> tuple[str, list, bytes]:
+def _call_app(app: Callable[..., Any], environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
     """Run a WSGI app to completion: (status, headers, body); a crash becomes a 500."""
     started: list[Any] = []
     chunks: list[bytes] = []
 
-    def start_response(status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
         started[:] = [status, headers]
         return chunks.append
 

@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any, Callable, Dict, Iterable, Tuple
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from callhome import schema
@@ -38,7 +39,7 @@ REPORT_PATH = "/rest/v3/telemetry/report"
 _REST_PREFIX = "/rest/"
 
 #: (HTTP status, JSON-serialisable body, extra headers)
-Reply = Tuple[int, Any, Dict[str, str]]
+Reply = tuple[int, Any, dict[str, str]]
 StartResponse = Callable[..., Any]
 
 
@@ -81,7 +82,7 @@ class CollectorApp(FaultInjection):
     def __init__(self, store: Store, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
                  strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = (), *,
                  relay: Relay | None = None, trust_proxy: int = 0,
-                 report_users: Iterable[Tuple[str, str]] = ()) -> None:
+                 report_users: Iterable[tuple[str, str]] = ()) -> None:
         if max_body < 1:
             raise ValueError("max_body must be positive")
         super().__init__()
@@ -178,7 +179,7 @@ class CollectorApp(FaultInjection):
         self.store.add(kind, payload, peer=environ.get("REMOTE_ADDR"))
         return 200, SUCCESS, {}
 
-    def _stored(self, kind: str, payload: dict) -> bool:
+    def _stored(self, kind: str, payload: dict[str, Any]) -> bool:
         rows = self.store.query("SELECT 1 FROM events WHERE kind = ? AND event_id = ?",
                                 (kind, str(payload["event_id"])))
         return bool(rows)
@@ -280,7 +281,7 @@ class CollectorApp(FaultInjection):
 def make_app(store: Store | str, api_keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY,
              strict: bool = True, fill_ip_addr: bool = False, report_keys: Iterable[str] = (), *,
              relay_to: str | None = None, upstream_key: str | None = None, relay_dir: str | None = None,
-             trust_proxy: int = 0, report_users: Iterable[Tuple[str, str]] = ()) -> CollectorApp:
+             trust_proxy: int = 0, report_users: Iterable[tuple[str, str]] = ()) -> CollectorApp:
     """The collector as a WSGI application; ``store`` is a :class:`Store` or a database path.
 
     :param api_keys: accepted ``X-API-KEY`` values; empty accepts any request.
@@ -369,7 +370,7 @@ def _failure(status: int, message: str) -> Reply:
     return status, _failure_body(status, message), {}
 
 
-def _failure_body(status: int, message: str) -> dict:
+def _failure_body(status: int, message: str) -> dict[str, Any]:
     return {"response_code": status, "response": message, "status": "failure"}
 
 

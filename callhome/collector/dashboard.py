@@ -17,11 +17,15 @@ import html
 import re
 import threading
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from callhome.collector import reports, usage
+
+if TYPE_CHECKING:
+    from callhome.collector.store import Store
 
 __all__ = ["DAYS", "HEADERS", "LAST_EVENTS", "MAX_ROWS", "ProductSummary", "parse_user_agent", "render",
            "render_page", "request_key", "summarize", "unauthorized_page"]
@@ -53,7 +57,7 @@ _PLATFORM = re.compile(r"\(([^;()]+?)\s+([^;()\s]+);\s*([^;()]+?)\)")
 #: built, and concurrent viewers (or a reload loop) must not multiply that.
 _RENDERING = threading.Lock()
 
-Series = Tuple[str, Sequence[int], str]  # (name, one value per day, colour)
+Series = tuple[str, Sequence[float], str]  # (name, one value per day, colour)
 
 
 @dataclass
@@ -61,20 +65,20 @@ class ProductSummary:
     """What the dashboard shows for one product; every count is over ``days`` (UTC calendar days)."""
 
     product_id: str
-    days: List[dt.date]
-    active_installs: List[int]
-    active_users: List[int]
-    activities: Dict[str, List[int]]  # activity -> events per day, most frequent first
+    days: list[dt.date]
+    active_installs: list[int]
+    active_users: list[int]
+    activities: dict[str, list[int]]  # activity -> events per day, most frequent first
     mau_users: int = 0
     mau_installs: int = 0
-    last_events: List[Dict[str, Any]] = field(default_factory=list)
-    product_versions: Counter = field(default_factory=Counter)  # installations per version
-    agent_versions: Counter = field(default_factory=Counter)
-    os_mix: Counter = field(default_factory=Counter)
+    last_events: list[dict[str, Any]] = field(default_factory=list)
+    product_versions: Counter[str] = field(default_factory=Counter)  # installations per version
+    agent_versions: Counter[str] = field(default_factory=Counter)
+    os_mix: Counter[str] = field(default_factory=Counter)
     # Usage intelligence (issue 6), exact SQL over the window like MAU, not cut by MAX_ROWS:
-    sessions: List[int] = field(default_factory=list)  # sessions ended per day
-    runtime_hours: List[float] = field(default_factory=list)  # their runtime per day
-    top_exceptions: List[Tuple[str, int]] = field(default_factory=list)  # (class, records), most first
+    sessions: list[int] = field(default_factory=list)  # sessions ended per day
+    runtime_hours: list[float] = field(default_factory=list)  # their runtime per day
+    top_exceptions: list[tuple[str, int]] = field(default_factory=list)  # (class, records), most first
 
     @property
     def events_total(self) -> int:
@@ -82,14 +86,14 @@ class ProductSummary:
 
 
 # -- data ------------------------------------------------------------------------------------------
-def summarize(store: Any, now: float) -> Tuple[List[ProductSummary], bool]:
+def summarize(store: Store, now: float) -> tuple[list[ProductSummary], bool]:
     """One summary per product with records in the window (at most :data:`MAX_PRODUCTS`), and whether
     the page is incomplete: :data:`MAX_ROWS` cut the read, or products were left out."""
     # ``since`` filters on arrival time; one extra day keeps events that arrived just after midnight.
     rows = store.events(limit=MAX_ROWS + 1, since=now - (DAYS + 1) * reports.DAY)
     truncated = len(rows) > MAX_ROWS
     first = _first_day(now)
-    by_product: Dict[str, List[dict]] = {}
+    by_product: dict[str, list[dict[str, Any]]] = {}
     for row in rows[:MAX_ROWS]:
         # A late backlog can carry older events: everything on the page is about the same 30 days.
         if _day_index(row.get("event_at"), first) is not None:
@@ -108,14 +112,15 @@ def _first_day(now: float) -> int:
     return int(now // reports.DAY) - (DAYS - 1)
 
 
-def _summary(store: Any, product: str, rows: List[dict], now: float) -> ProductSummary:
+def _summary(store: Store, product: str, rows: list[dict[str, Any]], now: float) -> ProductSummary:
     """``rows``: the product's records inside the window, newest first."""
     first = _first_day(now)
     days = [dt.date(1970, 1, 1) + dt.timedelta(days=first + i) for i in range(DAYS)]
-    pairs: List[set] = [set() for _ in days]
-    activities: Dict[str, List[int]] = {}
+    pairs: list[set[tuple[Any, Any]]] = [set() for _ in days]
+    activities: dict[str, list[int]] = {}
     for row in rows:
         index = _day_index(row["event_at"], first)
+        assert index is not None  # summarize() passes only the window's rows
         pairs[index].add(_identity_pair(row["payload"]))
         if (row["payload"].get("meta") or {}).get("record_type") in _OWN_CHARTS:
             continue  # they have their own charts; here they would drown the product's own events
@@ -137,7 +142,7 @@ def _summary(store: Any, product: str, rows: List[dict], now: float) -> ProductS
     return summary
 
 
-def _add_usage_intelligence(store: Any, summary: ProductSummary, first: int) -> None:
+def _add_usage_intelligence(store: Store, summary: ProductSummary, first: int) -> None:
     """Sessions, runtime and exceptions per the Revenera-style reports (:mod:`usage`), so the page and
     the ``/v3/`` API count the same records the same way."""
     since, until = first * reports.DAY, (first + DAYS) * reports.DAY - 1
@@ -148,23 +153,23 @@ def _add_usage_intelligence(store: Any, summary: ProductSummary, first: int) -> 
     summary.top_exceptions = usage.exception_counts(exceptions)
 
 
-def _day_index(event_at: Any, first: int) -> Optional[int]:
+def _day_index(event_at: Any, first: int) -> int | None:
     if not isinstance(event_at, int) or isinstance(event_at, bool):
         return None
     index = event_at // reports.DAY - first
     return index if 0 <= index < DAYS else None
 
 
-def _identity_pair(payload: dict) -> Tuple[Any, Any]:
+def _identity_pair(payload: dict[str, Any]) -> tuple[Any, Any]:
     return payload.get("user_id"), _meta(payload).get("installation_id")
 
 
-def _meta(payload: dict) -> dict:
+def _meta(payload: dict[str, Any]) -> dict[str, Any]:
     meta = payload.get("meta")
     return meta if isinstance(meta, dict) else {}
 
 
-def _top_activities(activities: Dict[str, List[int]]) -> Dict[str, List[int]]:
+def _top_activities(activities: dict[str, list[int]]) -> dict[str, list[int]]:
     ranked = sorted(activities.items(), key=lambda item: (-sum(item[1]), item[0]))
     if len(ranked) <= MAX_ACTIVITIES + 1:  # folding a single activity into "other" hides it for nothing
         return dict(ranked)
@@ -175,10 +180,10 @@ def _top_activities(activities: Dict[str, List[int]]) -> Dict[str, List[int]]:
     return {**shown, OTHER: other}
 
 
-def _count_installations(summary: ProductSummary, rows: Iterable[dict]) -> None:
+def _count_installations(summary: ProductSummary, rows: Iterable[dict[str, Any]]) -> None:
     """Versions and OS of each installation from its newest record that tells them: an upgrade moves
     it over, and an aggregate record without ``user_agent`` does not make its OS unknown."""
-    latest: Dict[str, Dict[str, str]] = {}
+    latest: dict[str, dict[str, str]] = {}
     for row in rows:  # newest first
         payload = row["payload"]
         meta = _meta(payload)
@@ -195,33 +200,35 @@ def _count_installations(summary: ProductSummary, rows: Iterable[dict]) -> None:
         summary.os_mix[known.get("os", "unknown")] += 1
 
 
-def parse_user_agent(user_agent: Any) -> Optional[Tuple[str, str, str]]:
+def parse_user_agent(user_agent: Any) -> tuple[str, str, str] | None:
     """``(system, release, machine)`` from the agent's ``... (Linux 6.1.0; x86_64) ...``, else None."""
     match = _PLATFORM.search(user_agent) if isinstance(user_agent, str) else None
     return match.groups() if match else None  # type: ignore[return-value]
 
 
-def _os_label(user_agent: Any) -> Optional[str]:
+def _os_label(user_agent: Any) -> str | None:
     parsed = parse_user_agent(user_agent)
     return f"{parsed[0]} {parsed[2]}" if parsed else None
 
 
 # -- HTTP helpers ----------------------------------------------------------------------------------
-def request_key(environ: Dict[str, Any]) -> str:
+def request_key(environ: dict[str, Any]) -> str:
     """The key a request offers: ``?key=`` (a browser's address bar), else ``Authorization: Bearer``,
     else ``X-API-KEY``."""
     # latin-1 keeps each byte of the URL-decoded key as one character, as WSGI does for headers, so
     # the check sees the key's own bytes (UTF-8 from a browser), whatever its characters.
-    query = parse_qs(environ.get("QUERY_STRING", ""), encoding="latin-1")
+    query: dict[str, list[str]] = parse_qs(environ.get("QUERY_STRING", ""), encoding="latin-1")
     if query.get("key"):
         return query["key"][-1]
-    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+    authorization: str = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return environ.get("HTTP_X_API_KEY", "")
+    key: str = environ.get("HTTP_X_API_KEY", "")
+    return key
 
 
-def render_page(store: Any, now: float) -> bytes:
+def render_page(store: Store, now: float) -> bytes:
     """The dashboard as UTF-8 bytes; one page at a time (see :data:`_RENDERING`)."""
     with _RENDERING:
         summaries, truncated = summarize(store, now)
@@ -302,7 +309,7 @@ def _usage_block(summary: ProductSummary) -> str:
             f'{_exceptions_table(summary.top_exceptions)}')
 
 
-def _exceptions_table(top: Sequence[Tuple[str, int]]) -> str:
+def _exceptions_table(top: Sequence[tuple[str, int]]) -> str:
     """Exception classes by records, with a bar of their share; past :data:`SHARE_ROWS`, one "(other)"."""
     total = sum(count for _, count in top)
     rows = "".join(
@@ -318,11 +325,11 @@ def _exceptions_table(top: Sequence[Tuple[str, int]]) -> str:
             f'<tbody>{rows}</tbody></table>')
 
 
-def _kpi(label: str, value: int) -> str:
+def _kpi(label: str, value: float) -> str:
     return f'<div class="kpi"><span class="value">{value:,}</span><span class="label">{_e(label)}</span></div>'
 
 
-def _share_table(title: str, counts: Counter, total: int) -> str:
+def _share_table(title: str, counts: Counter[str], total: int) -> str:
     """Installations per value, each with a bar of its share."""
     rows = "".join(
         f'<tr><td>{_e(name)}</td><td class="n">{n}</td><td class="bar"><span style="width:'
@@ -334,7 +341,7 @@ def _share_table(title: str, counts: Counter, total: int) -> str:
             f'<th class="n">installs</th><th></th></tr></thead><tbody>{rows}</tbody></table>')
 
 
-def _events_table(rows: Sequence[dict]) -> str:
+def _events_table(rows: Sequence[dict[str, Any]]) -> str:
     body = "".join(
         f'<tr><td>{_e(_when(row.get("event_at")))}</td><td>{_e(_activity(row))}</td>'
         f'<td class="mono" title="{_e(_install(row))}">{_e(_install(row)[:8])}</td>'
@@ -343,13 +350,13 @@ def _events_table(rows: Sequence[dict]) -> str:
             f'<th>user</th></tr></thead><tbody>{body}</tbody></table>')
 
 
-def _activity(row: dict) -> str:
+def _activity(row: dict[str, Any]) -> str:
     # An aggregate record stands for many events: say how many.
     suffix = "" if row.get("kind") == "usage" else f" ×{row.get('count')}"
     return f"{row.get('activity_type')}{suffix}"
 
 
-def _install(row: dict) -> str:
+def _install(row: dict[str, Any]) -> str:
     install = _meta(row["payload"]).get("installation_id")
     return "—" if install is None else str(install)
 
@@ -379,7 +386,7 @@ def _chart(days: Sequence[dt.date], series: Sequence[Series], stacked: bool) -> 
             f'{_frame(days, top, step)}{marks}</svg><ul class="legend">{legend}</ul>')
 
 
-def _legend_value(values: Sequence[int], stacked: bool) -> str:
+def _legend_value(values: Sequence[float], stacked: bool) -> str:
     return f"{sum(values):,}" if stacked else f"avg {sum(values) / max(len(values), 1):,.1f}/day"
 
 
@@ -404,7 +411,7 @@ def _frame(days: Sequence[dt.date], top: int, step: float) -> str:
 
 def _stacked_bars(days: Sequence[dt.date], series: Sequence[Series], top: int, step: float) -> str:
     parts = []
-    base = [0] * len(days)
+    base: list[float] = [0] * len(days)
     for name, values, colour in series:
         for i, value in enumerate(values):
             if value:
@@ -427,7 +434,7 @@ def _lines(days: Sequence[dt.date], series: Sequence[Series], top: int, step: fl
     return "".join(parts)
 
 
-def _nice_max(value: int) -> int:
+def _nice_max(value: float) -> int:
     """Four grid steps of 1, 2, 5, 10, 20, 50, ... that reach ``value``: round axis labels."""
     step = 1
     while step * 4 < value:

@@ -9,11 +9,11 @@ mistyped action fails in the test that scripts it rather than in the request tha
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple, Union
 
 __all__ = ["AbortConnection", "Action", "Fault", "FaultInjection", "parse_action"]
 
-Action = Union[int, str, Tuple[Any, ...]]
+Action = Union[int, str, tuple[Any, ...]]
 
 
 class AbortConnection(Exception):
@@ -28,8 +28,8 @@ class Fault(NamedTuple):
 
     kind: str
     status: int = 0
-    headers: Tuple[Tuple[str, str], ...] = ()
-    body: Optional[Any] = None  # None: the app writes a failure body naming the status
+    headers: tuple[tuple[str, str], ...] = ()
+    body: Any | None = None  # None: the app writes a failure body naming the status
     seconds: float = 0.0
 
 
@@ -89,7 +89,7 @@ def parse_action(action: Action) -> Fault:
     raise ValueError(f"not a fault action: {action!r}")
 
 
-def _respond(status: int, headers: dict | None = None, body: Any = None) -> Fault:
+def _respond(status: int, headers: dict[str, object] | None = None, body: Any = None) -> Fault:
     if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
         raise ValueError(f"a fault's status must be an int from 200 to 599, not {status!r}")
     pairs = tuple((str(name), str(value)) for name, value in (headers or {}).items())

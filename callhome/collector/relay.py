@@ -18,7 +18,10 @@ import logging
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from callhome.config import Config
 
 __all__ = ["MAX_MEMORY_BYTES", "MAX_MEMORY_RECORDS", "PRODUCT_ID", "Relay", "check_key", "client_address",
            "default_dir", "public_address", "read_key_file"]
@@ -126,8 +129,8 @@ class Relay:
 
     def __init__(self, endpoint: str, api_key: str, directory: str, interval: float = INTERVAL) -> None:
         from callhome.buffer import Counters
-        from callhome.sender.delivery import Sender
         from callhome.queue import DiskQueue
+        from callhome.sender.delivery import Sender
 
         check_key(api_key)
         self.config = _config(endpoint, api_key)
@@ -144,7 +147,7 @@ class Relay:
         # Requests arrive on many threads, and DiskQueue.put (built for one worker thread) would
         # give two of them the same temporary file name: every write goes through this lock.
         self._lock = threading.Lock()
-        self._memory: list = []  # framed records the directory refused, oldest first
+        self._memory: list[bytes] = []  # framed records the directory refused, oldest first
         self._memory_bytes = 0
         self.disk_error: str | None = None
         self._wake = threading.Event()
@@ -155,7 +158,7 @@ class Relay:
     def __repr__(self) -> str:  # never the key
         return f"<Relay to {self.config.endpoint} queue={self.directory!r} state={self.sender.state!r}>"
 
-    def submit(self, kind: str, payload: dict) -> bool:
+    def submit(self, kind: str, payload: dict[str, Any]) -> bool:
         """Queue one record for the upstream, with its own ``event_id``, and wake the sender.
 
         False when neither the disk nor the bounded memory could take it: the collector then
@@ -169,7 +172,7 @@ class Relay:
         self._wake.set()
         return kept
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """What the relay is doing: the Sender's state, records waiting (``memory`` of them only in
         memory), whether the queue's directory takes writes (``disk``), and the delivery counters."""
         waiting, _ = self.queue.depth()
@@ -198,7 +201,7 @@ class Relay:
             logger.error("relay: %d records held in memory could not be written to %s and are lost",
                          lost, self.directory)
 
-    def _put(self, lines: list) -> bool:
+    def _put(self, lines: list[bytes]) -> bool:
         """Publish ``lines`` on disk (the caller holds the lock); False when the directory refuses."""
         try:
             self.queue.put(lines, time.time())
@@ -262,7 +265,7 @@ def _reason(exc: OSError) -> str:
     return f"{exc.__class__.__name__}: {exc.strerror or exc}"
 
 
-def _config(endpoint: str, api_key: str):
+def _config(endpoint: str, api_key: str) -> Config:
     """The agent configuration that makes a Sender a relay's sender."""
     from callhome.config import resolve
 

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterable, NamedTuple, Tuple
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+if TYPE_CHECKING:
+    from callhome.collector.store import Store
 
 __all__ = ["CURRENT_MAU", "DEFAULT_IDENTITY", "DEFAULT_WINDOW", "IDENTITIES", "MAX_DAYS", "REPORTS",
            "USERS_IN_PAST_DAYS", "WINDOWS", "ReportError", "ReportRequest", "count_identities",
@@ -42,7 +46,7 @@ DEFAULT_WINDOW = "rolling"
 ERROR_TELEMETRY = "ERROR_TELEMETRY"
 ERROR_HTTP_REQUEST = "ERROR_HTTP_REQUEST"
 
-Pair = Tuple[Any, Any]
+Pair = tuple[Any, Any]
 #: ``source(application, since, until)`` -> distinct (user_id, installation_id) pairs in the window.
 Source = Callable[[str, float, float], Iterable[Pair]]
 
@@ -56,7 +60,7 @@ class ReportError(Exception):
         self.code = code
         self.message = message
 
-    def envelope(self) -> dict:
+    def envelope(self) -> dict[str, Any]:
         return error_envelope(self.code, self.message)
 
 
@@ -68,12 +72,12 @@ class ReportRequest(NamedTuple):
     window: str = DEFAULT_WINDOW
 
 
-def error_envelope(code: str, message: str) -> dict:
+def error_envelope(code: str, message: str) -> dict[str, Any]:
     """PowerAuth's error body: ``{"status": "ERROR", "responseObject": {"code", "message"}}``."""
     return {"status": "ERROR", "responseObject": {"code": code, "message": message}}
 
 
-def handle(body: bytes, source: Source, now: float | None = None) -> tuple[int, dict]:
+def handle(body: bytes, source: Source, now: float | None = None) -> tuple[int, dict[str, Any]]:
     """The HTTP answer to a raw request body: ``(status, envelope)``."""
     try:
         document = json.loads(body)
@@ -82,7 +86,7 @@ def handle(body: bytes, source: Source, now: float | None = None) -> tuple[int, 
     return generate(document, source, now)
 
 
-def generate(document: Any, source: Source, now: float | None = None) -> tuple[int, dict]:
+def generate(document: Any, source: Source, now: float | None = None) -> tuple[int, dict[str, Any]]:
     """``(status, envelope)`` for a parsed request ``{"requestObject": {"name", "parameters"}}``.
 
     ``now`` defaults to ``time.time()``, read at call time so a frozen clock in tests applies.
@@ -135,7 +139,7 @@ def parse_request(document: Any) -> ReportRequest:
     return ReportRequest(upper, _application(parameters), days, _identity(parameters), _window(parameters))
 
 
-def _envelope_fields(document: Any) -> tuple[str, dict]:
+def _envelope_fields(document: Any) -> tuple[str, dict[str, Any]]:
     request = document.get("requestObject") if isinstance(document, dict) else None
     if not isinstance(request, dict):
         raise _http_request('Body must be a JSON object {"requestObject": {"name", "parameters"}}')
@@ -149,7 +153,7 @@ def _envelope_fields(document: Any) -> tuple[str, dict]:
     return name, parameters
 
 
-def _days(parameters: dict) -> int:
+def _days(parameters: dict[str, Any]) -> int:
     if parameters.get("days") is None:
         raise _telemetry("Missing parameter 'days'.")
     value = parameters["days"]
@@ -173,7 +177,7 @@ def _integral(value: Any) -> int | None:
     return None
 
 
-def _application(parameters: dict) -> str:
+def _application(parameters: dict[str, Any]) -> str:
     application = parameters.get("application")
     if application is None:
         raise _telemetry("Missing parameter 'application'.")
@@ -182,14 +186,14 @@ def _application(parameters: dict) -> str:
     return application
 
 
-def _identity(parameters: dict) -> str:
+def _identity(parameters: dict[str, Any]) -> str:
     identity = parameters.get("identity", DEFAULT_IDENTITY)
     if not isinstance(identity, str) or identity.strip().lower() not in IDENTITIES:
         raise _telemetry(f"The parameter 'identity' must be 'user' or 'install'. Provided: {identity!r}")
     return identity.strip().lower()
 
 
-def _window(parameters: dict) -> str:
+def _window(parameters: dict[str, Any]) -> str:
     window = parameters.get("window", DEFAULT_WINDOW)
     if not isinstance(window, str) or window.strip().lower() not in WINDOWS:
         raise _telemetry(f"The parameter 'window' must be 'rolling' or 'calendar'. Provided: {window!r}")
@@ -205,26 +209,27 @@ def _http_request(message: str) -> ReportError:
 
 
 # -- sources -----------------------------------------------------------------------------------
-def store_source(store: Any) -> Source:
+def store_source(store: Store) -> Source:
     """Read the window from a collector store (its :meth:`identities` query)."""
     return store.identities
 
 
-def payload_source(payloads: Iterable[dict]) -> Source:
+def payload_source(payloads: Iterable[dict[str, Any]]) -> Source:
     """Read the window from payloads (dicts as sent to Reo), e.g. the agent's local sent log."""
     kept = [p for p in payloads if isinstance(p, dict)]
 
-    def source(application: str, since: float, until: float) -> list:
+    def source(application: str, since: float, until: float) -> list[Pair]:
         return [_pair(p) for p in kept if p.get("product_id") == application and _within(p, since, until)]
 
     return source
 
 
-def _within(payload: dict, since: float, until: float) -> bool:
+def _within(payload: dict[str, Any], since: float, until: float) -> bool:
     event_at = payload.get("event_at")
     return isinstance(event_at, (int, float)) and not isinstance(event_at, bool) and since <= event_at <= until
 
 
-def _pair(payload: dict) -> Pair:
-    meta = payload.get("meta") if isinstance(payload.get("meta"), dict) else {}
+def _pair(payload: dict[str, Any]) -> Pair:
+    meta = payload.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
     return payload.get("user_id"), meta.get("installation_id")

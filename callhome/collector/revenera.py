@@ -23,11 +23,15 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from callhome.collector import usage
 from callhome.collector._wsgi import read_body
+
+if TYPE_CHECKING:
+    from callhome.collector.store import Store
 
 __all__ = ["COOKIE", "DOWNLOAD_TTL", "PREFIX", "Reporting", "Sessions", "parse_report_user"]
 
@@ -44,7 +48,8 @@ DEFAULT_PAGE, MAX_PAGE = 100, 1000
 BEAT_INTERVAL = 302
 DIVISORS = ("users", "sessions", "runtime")
 
-Reply = Tuple[int, Any, Dict[str, str]]
+Reply = tuple[int, Any, dict[str, str]]
+_Default = TypeVar("_Default")
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _EXPORT = re.compile(r"(\d{4}-\d{2}-\d{2})\.zip")
@@ -74,12 +79,12 @@ _UNSUPPORTED = ("globalFilters", "levels", "segmentBy", "segments", "retDailyDat
 class ApiError(Exception):
     """An answer other than 200: HTTP ``status`` and a message for ``{"error": ...}``."""
 
-    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, dict(headers or {})
 
 
-def parse_report_user(text: str) -> Tuple[str, str]:
+def parse_report_user(text: str) -> tuple[str, str]:
     """``NAME:PASSWORD`` (the password may contain ``:``) as ``(name, password)``; ValueError otherwise."""
     name, colon, password = text.partition(":")
     if not colon or not name or not password:
@@ -95,7 +100,7 @@ class Sessions:
 
     def __init__(self, idle: float = SESSION_IDLE, limit: int = MAX_SESSIONS) -> None:
         self.idle, self.limit = idle, limit
-        self._tokens: OrderedDict[str, Tuple[str, float]] = OrderedDict()  # least recently used first
+        self._tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -109,7 +114,7 @@ class Sessions:
                 self._tokens.popitem(last=False)
         return token
 
-    def user(self, token: str) -> Optional[str]:
+    def user(self, token: str) -> str | None:
         """The session's user (and the session is used now), or None if unknown or idle too long."""
         now = time.time()
         with self._lock:
@@ -137,7 +142,7 @@ class Reporting:
         (ValueError), since ingest keys ship inside products.
     """
 
-    def __init__(self, store: Any, users: Iterable[Tuple[str, str]] = (), max_body: int = 64 * 1024,
+    def __init__(self, store: Store, users: Iterable[tuple[str, str]] = (), max_body: int = 64 * 1024,
                  api_keys: Iterable[str] = ()) -> None:
         self.store = store
         self.max_body = max_body
@@ -151,7 +156,7 @@ class Reporting:
         return f"<Reporting users={len(self._users)} sessions={len(self.sessions)}>"
 
     # -- routing -----------------------------------------------------------------------------------
-    def handle(self, environ: Dict[str, Any], path: str, method: str) -> Reply:
+    def handle(self, environ: dict[str, Any], path: str, method: str) -> Reply:
         """The answer to a request for ``path`` (which starts with ``/v3/``)."""
         try:
             status, body, headers = self._dispatch(environ, _utf8(path)[len(PREFIX):], method)
@@ -160,11 +165,12 @@ class Reporting:
         # Every answer here is usage data or a session: no cache may keep it.
         return status, body, {"Cache-Control": "no-store", **headers}
 
-    def _dispatch(self, environ: Dict[str, Any], rest: str, method: str) -> Reply:
+    def _dispatch(self, environ: dict[str, Any], rest: str, method: str) -> Reply:
         if rest in _OPEN:
             allowed, handler = _OPEN[rest]
             _check_method(method, allowed)
-            return getattr(self, handler)(environ)
+            reply: Reply = getattr(self, handler)(environ)
+            return reply
         if rest.startswith(_FILE_PATH):
             _check_method(method, "GET")
             return self._download(rest[len(_FILE_PATH):])  # the signed URL is the credential
@@ -173,17 +179,18 @@ class Reporting:
                 _check_method(method, allowed)
                 self._require_session(environ)  # before reading anything the caller sent
                 body = self._body(environ) if allowed == "POST" else {}
-                return getattr(self, handler)(rest[len(prefix):], body, environ)
+                reply = getattr(self, handler)(rest[len(prefix):], body, environ)
+                return reply
         raise ApiError(404, f"No such endpoint: {PREFIX}{rest}")
 
-    def _require_session(self, environ: Dict[str, Any]) -> str:
+    def _require_session(self, environ: dict[str, Any]) -> str:
         token = _cookie(environ, COOKIE)
         user = self.sessions.user(token) if token else None
         if user is None:
             raise ApiError(401, "Not authenticated: log in with POST /v3/auth/web first")
         return user
 
-    def _body(self, environ: Dict[str, Any]) -> Dict[str, Any]:
+    def _body(self, environ: dict[str, Any]) -> dict[str, Any]:
         """The JSON object the request carries; ``{}`` for an empty body."""
         data = read_body(environ, self.max_body)
         if data is None:
@@ -199,7 +206,7 @@ class Reporting:
         return document
 
     # -- authentication ----------------------------------------------------------------------------
-    def _login(self, environ: Dict[str, Any]) -> Reply:
+    def _login(self, environ: dict[str, Any]) -> Reply:
         body = self._body(environ)
         name, password = body.get("userName"), body.get("password")
         if not isinstance(name, str) or not isinstance(password, str):
@@ -212,7 +219,7 @@ class Reporting:
             cookie += "; Secure"
         return 200, self._account(user), {"Set-Cookie": cookie}
 
-    def _check_password(self, name: str, password: str) -> Optional[str]:
+    def _check_password(self, name: str, password: str) -> str | None:
         """The user whose name and password both match, compared in time independent of which one."""
         given = (name.encode("utf-8"), password.encode("utf-8"))
         found = None
@@ -222,7 +229,7 @@ class Reporting:
                 found = user.decode("utf-8")
         return found
 
-    def _account(self, user: str) -> Dict[str, Any]:
+    def _account(self, user: str) -> dict[str, Any]:
         """The login answer, shaped as Revenera's sample; ``products`` are the store's product ids."""
         products = {product: {"productId": product, "productName": product}
                     for product in usage.read_products(self.store)}
@@ -230,19 +237,19 @@ class Reporting:
         return {"account": {"userName": user}, "freeware": {}, "products": products, "userSettings": {},
                 "currentProductDetails": current, "beatInterval": BEAT_INTERVAL}
 
-    def _logout(self, environ: Dict[str, Any]) -> Reply:
+    def _logout(self, environ: dict[str, Any]) -> Reply:
         token = _cookie(environ, COOKIE)
         if token:
             self.sessions.close(token)
         # 204 whether or not the session existed: logging out twice is not an error.
         return 204, b"", {"Set-Cookie": f"{COOKIE}=; Path=/v3; Max-Age=0; HttpOnly; SameSite=Strict"}
 
-    def _csrf(self, environ: Dict[str, Any]) -> Reply:
+    def _csrf(self, environ: dict[str, Any]) -> Reply:
         # Revenera's clients fetch a CSRF cookie first; SameSite=Strict does that job here.
         return 204, b"", {}
 
     # -- reports -----------------------------------------------------------------------------------
-    def _date_range(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
+    def _date_range(self, product: str, body: dict[str, Any], environ: dict[str, Any]) -> Reply:
         buckets = usage.Buckets(*_dates(body), _choice(body, "dateSplit", usage.SPLITS, "day"))
         statuses = _statuses(body)
         if body.get("groupBy", "clientId") not in (None, "clientId"):
@@ -252,27 +259,27 @@ class Reporting:
         mode = _choice(body, "resultMode", ("absolute", "percentOfActive"), "absolute")
         _refuse_unsupported(body)
         since, until = buckets.seconds
-        counts: Dict[str, List[Any]] = usage.date_range(
+        counts: dict[str, list[Any]] = usage.date_range(
             usage.read_activity(self.store, product, since, until), usage.read_spans(self.store, product),
             buckets, usage.day_of(time.time()), lost_after, reported)
         if mode == "percentOfActive":
             counts = usage.percent_of_active(counts)
         return _result({"dates": buckets.labels, **{status: counts[status] for status in statuses}})
 
-    def _usage_distribution(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
+    def _usage_distribution(self, product: str, body: dict[str, Any], environ: dict[str, Any]) -> Reply:
         since, until = _seconds(body)
         _refuse_unsupported(body)
         return _result(usage.usage_distribution(usage.read_activity(self.store, product, since, until),
                                                 usage.read_sessions(self.store, product, since, until)))
 
-    def _data_table(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
+    def _data_table(self, product: str, body: dict[str, Any], environ: dict[str, Any]) -> Reply:
         since, until = _seconds(body)
         wanted = _events(body)
         _refuse_unsupported(body)
         events = usage.read_events(self.store, product, since, until)
         return _result(usage.event_table(events, None if wanted is None else set(wanted)))
 
-    def _timeline(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
+    def _timeline(self, product: str, body: dict[str, Any], environ: dict[str, Any]) -> Reply:
         buckets = usage.Buckets(*_dates(body), _choice(body, "dateSplit", usage.SPLITS, "day"))
         _choice(body, "dataView", ("usageCounts",), "usageCounts")
         divisor = _choice(body, "divisor", DIVISORS, None)
@@ -285,17 +292,17 @@ class Reporting:
         keys = usage.event_keys(events) if wanted is None else wanted
         return _result(usage.timeline(events, keys, buckets, divisor, activity, sessions))
 
-    def _custom_last_lines(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
+    def _custom_last_lines(self, product: str, body: dict[str, Any], environ: dict[str, Any]) -> Reply:
         count = _integer(body, "lineCount", DEFAULT_LINES, 1, MAX_LINES)
         lines = usage.read_last(self.store, product, None, count)
         metas = usage.read_client_metas(self.store, product, usage.line_clients(lines))
         return 200, usage.last_lines(lines, known=usage.latest_values(metas, usage.LINE_PROPERTIES)), {}
 
-    def _exception_last_lines(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
+    def _exception_last_lines(self, product: str, body: dict[str, Any], environ: dict[str, Any]) -> Reply:
         count = _integer(body, "lineCount", DEFAULT_LINES, 1, MAX_LINES)
         return 200, usage.last_lines(usage.read_last(self.store, product, "exception", count), True), {}
 
-    def _client_property_list(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
+    def _client_property_list(self, product: str, body: dict[str, Any], environ: dict[str, Any]) -> Reply:
         names = _property_names(body)
         size = _integer(body, "pageSize", DEFAULT_PAGE, 1, MAX_PAGE)
         after = body.get("nextClientId")
@@ -310,13 +317,13 @@ class Reporting:
                      "nextClientId": page[-1].client if more else None, "reachedEnd": not more}, {}
 
     # -- raw data export ---------------------------------------------------------------------------
-    def _list_files(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
+    def _list_files(self, product: str, body: dict[str, Any], environ: dict[str, Any]) -> Reply:
         today = usage.day_of(time.time())
         files = [{"fileName": _file_name(product, day), "date": usage.iso_day(day), "open": day >= today}
                  for day in usage.read_days(self.store, product)]
         return 200, {"fileList": files}, {}
 
-    def _download_url(self, product: str, body: Dict[str, Any], environ: Dict[str, Any]) -> Reply:
+    def _download_url(self, product: str, body: dict[str, Any], environ: dict[str, Any]) -> Reply:
         name = body.get("fileName")
         if not isinstance(name, str) or not name:
             raise ApiError(400, "fileName is required (a name from listFiles)")
@@ -331,7 +338,7 @@ class Reporting:
         product, name = self._verify(token)
         day = _export_day(product, name)
         rows = usage.read_day(self.store, product, day) if day is not None else []
-        if not rows:
+        if day is None or not rows:
             raise ApiError(404, f"No such file: {name}")
         data = usage.export_zip(rows, name[:-len(".zip")] + ".csv", day)
         return 200, data, {"Content-Type": "application/zip",
@@ -345,7 +352,7 @@ class Reporting:
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._secret, payload.encode("utf-8"), hashlib.sha256).digest())
 
-    def _verify(self, token: str) -> Tuple[str, str]:
+    def _verify(self, token: str) -> tuple[str, str]:
         payload, _, mac = token.partition(".")
         invalid = ApiError(403, "This download URL is invalid or has expired: "
                                 "ask getDownloadUrl for a new one")
@@ -378,7 +385,7 @@ def _utf8(path: str) -> str:
         return path
 
 
-def _cookie(environ: Dict[str, Any], name: str) -> Optional[str]:
+def _cookie(environ: dict[str, Any], name: str) -> str | None:
     # By hand, not http.cookies: SimpleCookie drops every cookie when one of them is malformed.
     for part in re.split(r"[;,]", environ.get("HTTP_COOKIE", "")):
         key, equals, value = part.strip().partition("=")
@@ -391,7 +398,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _base_url(environ: Dict[str, Any]) -> str:
+def _base_url(environ: dict[str, Any]) -> str:
     """``scheme://host[:port][script name]`` the client used (Host header, else SERVER_NAME)."""
     scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST", "")
@@ -413,7 +420,7 @@ def _unb64(text: str) -> bytes:
 
 
 # -- body validation -------------------------------------------------------------------------------
-def _dates(body: Dict[str, Any]) -> Tuple[int, int]:
+def _dates(body: dict[str, Any]) -> tuple[int, int]:
     """``startDate`` and ``stopDate`` (inclusive) as epoch days."""
     first, last = _date(body, "startDate"), _date(body, "stopDate")
     if last < first:
@@ -423,13 +430,13 @@ def _dates(body: Dict[str, Any]) -> Tuple[int, int]:
     return first, last
 
 
-def _seconds(body: Dict[str, Any]) -> Tuple[int, int]:
+def _seconds(body: dict[str, Any]) -> tuple[int, int]:
     """The date range as inclusive UNIX seconds."""
     first, last = _dates(body)
     return first * usage.DAY, (last + 1) * usage.DAY - 1
 
 
-def _date(body: Dict[str, Any], key: str) -> int:
+def _date(body: dict[str, Any], key: str) -> int:
     value = body.get(key)
     problem = ApiError(400, f"{key} is required, a date YYYY-MM-DD (UTC)")
     if not isinstance(value, str) or not _DATE.fullmatch(value):
@@ -440,7 +447,7 @@ def _date(body: Dict[str, Any], key: str) -> int:
         raise problem from None
 
 
-def _choice(body: Dict[str, Any], key: str, allowed: Sequence[str], default: Any) -> Any:
+def _choice(body: dict[str, Any], key: str, allowed: Sequence[str], default: _Default) -> str | _Default:
     value = body.get(key)
     if value is None:
         return default
@@ -449,7 +456,7 @@ def _choice(body: Dict[str, Any], key: str, allowed: Sequence[str], default: Any
     return value
 
 
-def _integer(body: Dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+def _integer(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = body.get(key)
     if value is None:
         return default
@@ -458,7 +465,7 @@ def _integer(body: Dict[str, Any], key: str, default: int, low: int, high: int) 
     return value
 
 
-def _statuses(body: Dict[str, Any]) -> List[str]:
+def _statuses(body: dict[str, Any]) -> list[str]:
     """``clientStatus`` in the answer's order (new, active, lost); all three by default."""
     order = ("new", "active", "lost")
     value = body.get("clientStatus")
@@ -469,7 +476,7 @@ def _statuses(body: Dict[str, Any]) -> List[str]:
     return [status for status in order if status in value]
 
 
-def _events(body: Dict[str, Any]) -> Optional[List[Tuple[str, str]]]:
+def _events(body: dict[str, Any]) -> list[tuple[str, str]] | None:
     """The ``events`` filter as ``(category, name)`` keys; None (every event) when absent."""
     value = body.get("events")
     if value is None:
@@ -477,7 +484,7 @@ def _events(body: Dict[str, Any]) -> Optional[List[Tuple[str, str]]]:
     problem = ApiError(400, 'events must be a list of {"category": ..., "name": ...} objects')
     if not isinstance(value, list):
         raise problem
-    keys: List[Tuple[str, str]] = []
+    keys: list[tuple[str, str]] = []
     for item in value:
         if not isinstance(item, dict):
             raise problem
@@ -491,7 +498,7 @@ def _events(body: Dict[str, Any]) -> Optional[List[Tuple[str, str]]]:
     return keys
 
 
-def _property_names(body: Dict[str, Any]) -> List[str]:
+def _property_names(body: dict[str, Any]) -> list[str]:
     value = body.get("properties")
     if value is None:
         return list(usage.CLIENT_PROPERTIES)
@@ -503,7 +510,7 @@ def _property_names(body: Dict[str, Any]) -> List[str]:
     return list(dict.fromkeys(value))
 
 
-def _refuse_unsupported(body: Dict[str, Any]) -> None:
+def _refuse_unsupported(body: dict[str, Any]) -> None:
     for key in _UNSUPPORTED:
         if body.get(key) not in (None, {}, [], ""):
             raise ApiError(400, f"{key} is not supported by this collector")
@@ -514,7 +521,7 @@ def _file_name(product: str, day: int) -> str:
     return f"{product}_{usage.iso_day(day)}.zip"
 
 
-def _export_day(product: str, name: str) -> Optional[int]:
+def _export_day(product: str, name: str) -> int | None:
     """The epoch day a ``<product>_<YYYY-MM-DD>.zip`` name stands for, or None."""
     prefix = f"{product}_"
     match = _EXPORT.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None

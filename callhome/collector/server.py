@@ -13,7 +13,8 @@ import socket
 import socketserver
 import sys
 import threading
-from typing import Any, Callable, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from callhome.collector._gateway import WSGIRequestHandler
 from callhome.collector.app import DEFAULT_MAX_BODY, CollectorApp, make_app
@@ -32,7 +33,7 @@ class _HTTPServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: CollectorApp, verbose: bool) -> None:
+    def __init__(self, address: tuple[str, int], app: Callable[..., Any], verbose: bool) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
         self.verbose = verbose
@@ -79,12 +80,15 @@ class CollectorServer:
                  max_body: int = DEFAULT_MAX_BODY, strict: bool = True, fill_ip_addr: bool = False,
                  verbose: bool = False, report_keys: Sequence[str] = (), relay_to: str | None = None,
                  upstream_key: str | None = None, relay_dir: str | None = None, trust_proxy: int = 0,
-                 report_users: Sequence[Tuple[str, str]] = ()) -> None:
-        self.app = app if app is not None else make_app(
+                 report_users: Sequence[tuple[str, str]] = ()) -> None:
+        # Typed as the collector's own app, as every documented use reads it (``server.app.script``);
+        # a foreign WSGI app is only served.
+        self.app: CollectorApp = app if app is not None else make_app(  # type: ignore[assignment]
             Store(db), api_keys, max_body, strict, fill_ip_addr, report_keys, relay_to=relay_to,
             upstream_key=upstream_key, relay_dir=relay_dir, trust_proxy=trust_proxy,
             report_users=report_users)
-        self.store: Store | None = getattr(self.app, "store", None)  # None for a foreign WSGI app
+        # None for a foreign WSGI app, typed as the own app's Store for the same reason
+        self.store: Store = getattr(self.app, "store", None)  # type: ignore[assignment]
         try:
             self._server = _HTTPServer((host, port), self.app, verbose)
         except OSError:
@@ -138,7 +142,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, db: str = "callhome-events.
           api_keys: Sequence[str] = (), verbose: bool = False, *, max_body: int = DEFAULT_MAX_BODY,
           strict: bool = True, fill_ip_addr: bool = False, report_keys: Sequence[str] = (),
           relay_to: str | None = None, upstream_key: str | None = None, relay_dir: str | None = None,
-          trust_proxy: int = 0, report_users: Sequence[Tuple[str, str]] = ()) -> None:
+          trust_proxy: int = 0, report_users: Sequence[tuple[str, str]] = ()) -> None:
     """Run the collector in the foreground until SIGINT or SIGTERM.
 
     Warnings and errors go to stderr; with ``verbose``, one line per request too.
@@ -160,8 +164,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, db: str = "callhome-events.
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         server.stop()
-        if server.store is not None:
-            server.store.close()
+        server.store.close()
 
 
 def _on_signals(handler: Callable[..., None]) -> dict[int, Any]:
@@ -219,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _report_user(text: str) -> Tuple[str, str]:
+def _report_user(text: str) -> tuple[str, str]:
     try:
         return parse_report_user(text)
     except ValueError as exc:  # the message, never the value: it holds a password
@@ -239,7 +242,7 @@ def _add_relay_arguments(parser: argparse.ArgumentParser) -> None:
                              "N entries from the right (default: 0, the TCP peer)")
 
 
-def _relay_options(args: argparse.Namespace) -> dict:
+def _relay_options(args: argparse.Namespace) -> dict[str, Any]:
     """The relay's keyword arguments of :func:`serve`; reads the key file. :raises ValueError:"""
     if args.upstream_key_file and not args.relay_to:
         raise ValueError("--upstream-key-file needs --relay-to")

@@ -57,6 +57,7 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 #: Seconds between counter writes that ride on a record's commit. Writing them with every commit
 #: would add a page to each; a crash loses at most this much counting, never a record.
 COUNTERS_INTERVAL = 1.0
+_Row = tuple[Any, ...]  # values as SQLite takes and returns them
 _INSERT = (f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS[1:])}) "
            f"VALUES ({', '.join('?' * (len(_COLUMNS) - 1))})")
 
@@ -105,7 +106,7 @@ class Store:
             with self._read_lock:
                 self._reader.close()
 
-    def add(self, kind: str, payload: dict, peer: str | None = None,
+    def add(self, kind: str, payload: dict[str, Any], peer: str | None = None,
             received_at: float | None = None) -> bool:
         """Store one validated record; True if new, False if ``(kind, event_id)`` was already stored.
 
@@ -119,7 +120,7 @@ class Store:
             self._commit(batch)
         return batch.outcome(index)
 
-    def _join(self, row: tuple) -> tuple[_Batch, int]:
+    def _join(self, row: _Row) -> tuple[_Batch, int]:
         """Queue ``row``; return once its batch is committed, or is this thread's to commit."""
         with self._turn:
             batch = self._batch
@@ -145,7 +146,7 @@ class Store:
                 self._writing = False
                 self._turn.notify_all()
 
-    def _insert(self, rows: list[tuple]) -> list[bool | Exception]:
+    def _insert(self, rows: list[_Row]) -> list[bool | Exception]:
         """Insert ``rows`` in one transaction, with the counters when due; each row's outcome."""
         due = time.monotonic() >= self._counters_due
         counters = self._take_pending() if due else {}
@@ -194,7 +195,8 @@ class Store:
               activity_type: str | None = None) -> int:
         """How many distinct records are stored, optionally only those matching the filters."""
         where, params = _filters(kind=kind, product_id=product_id, activity_type=activity_type)
-        return self._read(f"SELECT COUNT(*) FROM events{where}", params)[0][0]
+        count: int = self._read(f"SELECT COUNT(*) FROM events{where}", params)[0][0]
+        return count
 
     def events(self, limit: int = 100, product_id: str | None = None,
                activity_type: str | None = None, kind: str | None = None,
@@ -215,13 +217,13 @@ class Store:
                  f"{where} AND event_at BETWEEN ? AND ?")
         return [(user, install) for user, install in self._read(query, params + [since, until])]
 
-    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+    def query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[_Row]:
         """Rows of a read-only ``SELECT`` over ``events`` (the reports' own SQL); thread-safe."""
         if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
             raise ValueError("query() only reads")
         return self._read(sql, params)
 
-    def _read(self, sql: str, params: list | tuple) -> list[tuple]:
+    def _read(self, sql: str, params: list[Any] | tuple[Any, ...]) -> list[_Row]:
         """Every read goes through the report connection when there is one."""
         if self._reader is None:
             with self._lock:
@@ -247,7 +249,7 @@ class _Batch:
     __slots__ = ("rows", "writer", "done", "outcomes", "error")
 
     def __init__(self) -> None:
-        self.rows: list[tuple] = []
+        self.rows: list[_Row] = []
         self.writer: int | None = None  # the thread (ident) that commits it
         self.done = False
         self.outcomes: list[bool | Exception] = []  # per row: new, duplicate, or its own error
@@ -268,7 +270,7 @@ class _Batch:
 _ROW_ERRORS = (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError)
 
 
-def _insert_row(db: sqlite3.Connection, row: tuple) -> bool | Exception:
+def _insert_row(db: sqlite3.Connection, row: _Row) -> bool | Exception:
     try:
         return db.execute(_INSERT, row).rowcount == 1
     except _ROW_ERRORS as exc:
@@ -281,15 +283,16 @@ def _write_counters(db: sqlite3.Connection, counters: dict[str, int]) -> None:
                        [(by, name) for name, by in counters.items()])
 
 
-def _row(kind: str, payload: dict, peer: str | None, received_at: float) -> tuple:
+def _row(kind: str, payload: dict[str, Any], peer: str | None, received_at: float) -> _Row:
     count = payload.get("count", 1) if kind == "aggregate" else 1
     return (kind, str(payload["event_id"]), payload.get("product_id"), payload.get("activity_type"),
             payload.get("event_at"), count, received_at, peer,
             _ENCODER.encode(payload))
 
 
-def _filters(since: float | None = None, **equal: str | None) -> tuple[str, list]:
-    clauses, params = [], []
+def _filters(since: float | None = None, **equal: str | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
     for column, value in equal.items():
         if value is not None:
             clauses.append(f"{column} = ?")
@@ -300,7 +303,7 @@ def _filters(since: float | None = None, **equal: str | None) -> tuple[str, list
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def _as_dict(row: tuple) -> dict[str, Any]:
+def _as_dict(row: _Row) -> dict[str, Any]:
     record = dict(zip(_COLUMNS, row))
     record["payload"] = json.loads(record["payload"])
     return record

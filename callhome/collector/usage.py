@@ -22,13 +22,18 @@ import datetime as dt
 import io
 import json
 import zipfile
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from callhome.collector.store import Store
 
 __all__ = ["ACTIVE_DAY_BINS", "CLIENT_PROPERTIES", "DAY", "LOST_REPORTED", "PROPERTY_LABELS",
            "RUNTIME_BINS", "SESSION_BINS", "SPLITS", "Buckets", "Event", "ExceptionRecord", "Line", "Session",
            "Span", "client_properties", "date_range", "day_of", "event_keys", "event_table",
            "exception_counts", "export_zip", "histogram", "iso_day", "iso_time", "last_lines",
-           "latest_values", "line_clients", "LINE_PROPERTIES", "per_day_sessions", "percent_of_active", "read_activity", "read_client_metas", "read_clients",
+           "latest_values", "line_clients", "LINE_PROPERTIES", "per_day_sessions", "percent_of_active",
+           "read_activity", "read_client_metas", "read_clients",
            "read_day", "read_days", "read_events", "read_exceptions", "read_last", "read_products",
            "read_sessions", "read_spans", "timeline", "usage_distribution"]
 
@@ -78,7 +83,7 @@ class Span(NamedTuple):
 
 
 class Session(NamedTuple):
-    client: Optional[str]
+    client: str | None
     event_at: int  # the session's end
     duration: float  # seconds
 
@@ -86,15 +91,15 @@ class Session(NamedTuple):
 class Event(NamedTuple):
     """A custom event or an aggregate record (``count`` occurrences)."""
 
-    client: Optional[str]
+    client: str | None
     event_at: int
     category: str
     name: str
-    count: int
+    count: int  # type: ignore[assignment]  # the store's column name; shadows tuple.count()
 
 
 class ExceptionRecord(NamedTuple):
-    client: Optional[str]
+    client: str | None
     event_at: int
     exception_class: str
 
@@ -105,12 +110,12 @@ class Line(NamedTuple):
     event_at: int
     kind: str
     activity_type: str
-    count: int
-    meta: Dict[str, Any]
+    count: int  # type: ignore[assignment]  # the store's column name; shadows tuple.count()
+    meta: dict[str, Any]
 
 
 # -- days and buckets ------------------------------------------------------------------------------
-def day_of(event_at: int) -> int:
+def day_of(event_at: float) -> int:
     """The UTC epoch day of a UNIX time."""
     return int(event_at) // DAY
 
@@ -144,8 +149,8 @@ class Buckets:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
         self.first, self.last = first, last
-        self.labels: List[str] = []
-        self._index: Dict[int, int] = {}
+        self.labels: list[str] = []
+        self._index: dict[int, int] = {}
         for day in range(first, last + 1):
             label = _label(day, split)
             if not self.labels or self.labels[-1] != label:  # days ascend, so labels do too
@@ -155,30 +160,30 @@ class Buckets:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def index(self, day: int) -> Optional[int]:
+    def index(self, day: int) -> int | None:
         """The bucket of an epoch day, or None outside the range."""
         return self._index.get(day)
 
     @property
-    def seconds(self) -> Tuple[int, int]:
+    def seconds(self) -> tuple[int, int]:
         """The range as inclusive UNIX seconds, for SQL ``BETWEEN``."""
         return self.first * DAY, (self.last + 1) * DAY - 1
 
 
 # -- reading (one query each) ----------------------------------------------------------------------
-def read_products(store: Any) -> List[str]:
+def read_products(store: Store) -> list[str]:
     rows = store.query("SELECT DISTINCT product_id FROM events WHERE product_id IS NOT NULL ORDER BY 1")
     return [product for (product,) in rows]
 
 
-def read_activity(store: Any, product: str, since: int, until: int) -> List[Tuple[str, int]]:
+def read_activity(store: Store, product: str, since: int, until: int) -> list[tuple[str, int]]:
     """Distinct ``(client, epoch day)`` with any record of the product in ``[since, until]`` seconds."""
     rows = store.query(f"SELECT DISTINCT {_CLIENT}, event_at / {DAY} FROM events "
                        "WHERE product_id = ? AND event_at BETWEEN ? AND ?", (product, since, until))
     return [(client, day) for client, day in rows if client]
 
 
-def read_spans(store: Any, product: str) -> List[Span]:
+def read_spans(store: Store, product: str) -> list[Span]:
     """Every client's first and last record ever (not only in a range: that decides new and lost)."""
     rows = store.query(f"SELECT client, MIN(event_at), MAX(event_at) FROM (SELECT {_CLIENT} AS client, "
                        "event_at FROM events WHERE product_id = ?) WHERE client IS NOT NULL AND client <> '' "
@@ -186,7 +191,7 @@ def read_spans(store: Any, product: str) -> List[Span]:
     return [Span(*row) for row in rows]
 
 
-def read_sessions(store: Any, product: str, since: int, until: int) -> List[Session]:
+def read_sessions(store: Store, product: str, since: int, until: int) -> list[Session]:
     """Session records ending in ``[since, until]``."""
     rows = store.query(f"SELECT {_CLIENT}, event_at, json_extract(payload, '$.meta.duration') FROM events "
                        f"WHERE product_id = ? AND event_at BETWEEN ? AND ? AND {_RECORD_TYPE} = 'session'",
@@ -201,7 +206,7 @@ def _duration(value: Any) -> float:
     return max(float(value), 0.0)
 
 
-def read_events(store: Any, product: str, since: int, until: int) -> List[Event]:
+def read_events(store: Store, product: str, since: int, until: int) -> list[Event]:
     """Custom events and aggregate records (no ``record_type``) in ``[since, until]``."""
     rows = store.query(f"SELECT {_CLIENT}, event_at, json_extract(payload, '$.meta.category'), "
                        f"activity_type, count FROM events WHERE product_id = ? AND event_at BETWEEN ? AND ? "
@@ -210,7 +215,7 @@ def read_events(store: Any, product: str, since: int, until: int) -> List[Event]
             for client, at, category, name, count in rows]
 
 
-def read_exceptions(store: Any, product: str, since: int, until: int) -> List[ExceptionRecord]:
+def read_exceptions(store: Store, product: str, since: int, until: int) -> list[ExceptionRecord]:
     rows = store.query(f"SELECT {_CLIENT}, event_at, json_extract(payload, '$.meta.exception_class') "
                        f"FROM events WHERE product_id = ? AND event_at BETWEEN ? AND ? "
                        f"AND {_RECORD_TYPE} = 'exception'", (product, since, until))
@@ -222,10 +227,10 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def read_last(store: Any, product: str, record_type: Optional[str], limit: int) -> List[Line]:
+def read_last(store: Store, product: str, record_type: str | None, limit: int) -> list[Line]:
     """The newest ``limit`` records of one class (``None``: custom events), newest first."""
     condition = f"{_RECORD_TYPE} IS NULL" if record_type is None else f"{_RECORD_TYPE} = ?"
-    params: list = [product] + ([] if record_type is None else [record_type]) + [limit]
+    params: list[Any] = [product] + ([] if record_type is None else [record_type]) + [limit]
     rows = store.query("SELECT event_at, kind, activity_type, count, json_extract(payload, '$.meta') "
                        f"FROM events WHERE product_id = ? AND {condition} "
                        "ORDER BY event_at DESC, id DESC LIMIT ?", params)
@@ -233,12 +238,12 @@ def read_last(store: Any, product: str, record_type: Optional[str], limit: int) 
             for at, kind, activity, count, meta in rows]
 
 
-def _object(text: Optional[str]) -> Dict[str, Any]:
+def _object(text: str | None) -> dict[str, Any]:
     value = json.loads(text) if text else None
     return value if isinstance(value, dict) else {}
 
 
-def read_clients(store: Any, product: str, after: str, limit: int) -> List[Span]:
+def read_clients(store: Store, product: str, after: str, limit: int) -> list[Span]:
     """Up to ``limit`` clients whose id sorts after ``after``, in id order, with first/last seen."""
     rows = store.query(f"SELECT client, MIN(event_at), MAX(event_at) FROM (SELECT {_CLIENT} AS client, "
                        "event_at FROM events WHERE product_id = ?) WHERE client IS NOT NULL AND client > ? "
@@ -246,7 +251,7 @@ def read_clients(store: Any, product: str, after: str, limit: int) -> List[Span]
     return [Span(*row) for row in rows]
 
 
-def read_client_metas(store: Any, product: str, clients: Sequence[str]) -> List[Tuple[str, Dict[str, Any]]]:
+def read_client_metas(store: Store, product: str, clients: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
     """``(client, meta)`` of every record of ``clients``, newest first."""
     if not clients:
         return []
@@ -258,14 +263,14 @@ def read_client_metas(store: Any, product: str, clients: Sequence[str]) -> List[
     return [(client, _object(meta)) for client, meta in rows]
 
 
-def read_days(store: Any, product: str) -> List[int]:
+def read_days(store: Store, product: str) -> list[int]:
     """The epoch days with at least one record of the product, ascending."""
     rows = store.query(f"SELECT DISTINCT event_at / {DAY} FROM events WHERE product_id = ? "
                        "AND event_at IS NOT NULL ORDER BY 1", (product,))
     return [day for (day,) in rows]
 
 
-def read_day(store: Any, product: str, day: int) -> List[Tuple]:
+def read_day(store: Store, product: str, day: int) -> list[tuple[Any, ...]]:
     """Every record of one day for the raw export, oldest first: ``(event_id, kind, event_at,
     activity_type, count, payload JSON)``."""
     return store.query("SELECT event_id, kind, event_at, activity_type, count, payload FROM events "
@@ -274,8 +279,8 @@ def read_day(store: Any, product: str, day: int) -> List[Tuple]:
 
 
 # -- generic/dateRange -----------------------------------------------------------------------------
-def date_range(activity: Iterable[Tuple[str, int]], spans: Iterable[Span], buckets: Buckets, today: int,
-               lost_after: int, reported: str = "dateDeclaredLost") -> Dict[str, List[int]]:
+def date_range(activity: Iterable[tuple[str, int]], spans: Iterable[Span], buckets: Buckets, today: int,
+               lost_after: int, reported: str = "dateDeclaredLost") -> dict[str, list[int]]:
     """New, active and lost clients per bucket.
 
     ``activity``: ``(client, day)`` pairs in the range; ``spans``: every client's first/last record
@@ -283,7 +288,7 @@ def date_range(activity: Iterable[Tuple[str, int]], spans: Iterable[Span], bucke
     ``L + lost_after <= today``; it is counted in the bucket of ``L`` (``dateLastSeen``) or of
     ``L + lost_after`` (``dateDeclaredLost``) when that day is in the range.
     """
-    active: List[Set[str]] = [set() for _ in range(len(buckets))]
+    active: list[set[str]] = [set() for _ in range(len(buckets))]
     for client, day in activity:
         index = buckets.index(day)
         if index is not None:
@@ -301,9 +306,9 @@ def date_range(activity: Iterable[Tuple[str, int]], spans: Iterable[Span], bucke
     return {"new": new, "active": [len(clients) for clients in active], "lost": lost}
 
 
-def percent_of_active(counts: Dict[str, List[int]]) -> Dict[str, List[Any]]:
+def percent_of_active(counts: dict[str, list[int]]) -> dict[str, list[Any]]:
     """``new`` and ``lost`` as a percentage of ``active`` (1 decimal; None where nobody was active)."""
-    def share(values: List[int]) -> List[Optional[float]]:
+    def share(values: list[int]) -> list[float | None]:
         return [round(100 * value / base, 1) if base else None
                 for value, base in zip(values, counts["active"])]
 
@@ -311,7 +316,7 @@ def percent_of_active(counts: Dict[str, List[int]]) -> Dict[str, List[Any]]:
 
 
 # -- engagement/usageDistribution ------------------------------------------------------------------
-def histogram(values: Iterable[float], edges: Sequence[float]) -> List[Dict[str, Any]]:
+def histogram(values: Iterable[float], edges: Sequence[float]) -> list[dict[str, Any]]:
     """How many values fall in each bin ``[edge, next edge)``; the last bin is open (``to`` None)."""
     counts = [0] * len(edges)
     for value in values:
@@ -322,12 +327,12 @@ def histogram(values: Iterable[float], edges: Sequence[float]) -> List[Dict[str,
             for i, edge in enumerate(edges)]
 
 
-def usage_distribution(activity: Iterable[Tuple[str, int]], sessions: Iterable[Session]) -> Dict[str, Any]:
+def usage_distribution(activity: Iterable[tuple[str, int]], sessions: Iterable[Session]) -> dict[str, Any]:
     """Histograms of active days, sessions and runtime hours per client active in the range.
 
     ``activity`` and ``sessions`` are already limited to the range.
     """
-    days: Dict[str, int] = {}
+    days: dict[str, int] = {}
     for client, _ in activity:  # distinct (client, day) pairs: one per active day
         days[client] = days.get(client, 0) + 1
     launches = dict.fromkeys(days, 0)
@@ -342,13 +347,13 @@ def usage_distribution(activity: Iterable[Tuple[str, int]], sessions: Iterable[S
 
 
 # -- eventTracking/basic ---------------------------------------------------------------------------
-EventKey = Tuple[str, str]  # (category, name)
+EventKey = tuple[str, str]  # (category, name)
 
 
-def event_table(events: Iterable[Event], wanted: Optional[Set[EventKey]] = None) -> List[Dict[str, Any]]:
+def event_table(events: Iterable[Event], wanted: set[EventKey] | None = None) -> list[dict[str, Any]]:
     """Per (category, name): occurrences, distinct clients and occurrences per client, most used first."""
-    counts: Dict[EventKey, int] = {}
-    users: Dict[EventKey, Set[str]] = {}
+    counts: dict[EventKey, int] = {}
+    users: dict[EventKey, set[str]] = {}
     for event in events:
         key = (event.category, event.name)
         if wanted is not None and key not in wanted:
@@ -357,23 +362,23 @@ def event_table(events: Iterable[Event], wanted: Optional[Set[EventKey]] = None)
         clients = users.setdefault(key, set())
         if event.client:
             clients.add(event.client)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (category, name), count in counts.items():
-        clients = len(users[(category, name)])
-        rows.append({"category": category, "name": name, "eventCount": count, "userCount": clients,
-                     "averagePerUser": round(count / clients, 2) if clients else None})
+        user_count = len(users[(category, name)])
+        rows.append({"category": category, "name": name, "eventCount": count, "userCount": user_count,
+                     "averagePerUser": round(count / user_count, 2) if user_count else None})
     rows.sort(key=lambda row: (-row["eventCount"], row["name"], row["category"]))
     return rows
 
 
-def event_keys(events: Iterable[Event]) -> List[EventKey]:
+def event_keys(events: Iterable[Event]) -> list[EventKey]:
     """The events that occurred, in :func:`event_table` order (a timeline without an ``events`` list)."""
     return [(row["category"], row["name"]) for row in event_table(events)]
 
 
 def timeline(events: Iterable[Event], keys: Sequence[EventKey], buckets: Buckets,
-             divisor: Optional[str] = None, activity: Iterable[Tuple[str, int]] = (),
-             sessions: Iterable[Session] = ()) -> Dict[str, Any]:
+             divisor: str | None = None, activity: Iterable[tuple[str, int]] = (),
+             sessions: Iterable[Session] = ()) -> dict[str, Any]:
     """Occurrences of each event per bucket, optionally divided by the bucket's active clients
     (``users``), ended sessions (``sessions``) or runtime hours (``runtime``); None where that is 0."""
     values = {key: [0] * len(buckets) for key in keys}
@@ -385,18 +390,19 @@ def timeline(events: Iterable[Event], keys: Sequence[EventKey], buckets: Buckets
     divisors = _divisors(divisor, buckets, activity, sessions)
     rows = []
     for (category, name), counts in values.items():
+        shown: Sequence[float | None] = counts
         if divisors is not None:
-            counts = [round(count / base, 4) if base else None for count, base in zip(counts, divisors)]
-        rows.append({"category": category, "name": name, "values": counts})
+            shown = [round(count / base, 4) if base else None for count, base in zip(counts, divisors)]
+        rows.append({"category": category, "name": name, "values": shown})
     return {"dates": list(buckets.labels), "events": rows}
 
 
-def _divisors(divisor: Optional[str], buckets: Buckets, activity: Iterable[Tuple[str, int]],
-              sessions: Iterable[Session]) -> Optional[List[float]]:
+def _divisors(divisor: str | None, buckets: Buckets, activity: Iterable[tuple[str, int]],
+              sessions: Iterable[Session]) -> list[float] | None:
     if divisor is None:
         return None
     if divisor == "users":
-        clients: List[Set[str]] = [set() for _ in range(len(buckets))]
+        clients: list[set[str]] = [set() for _ in range(len(buckets))]
         for client, day in activity:
             index = buckets.index(day)
             if index is not None:
@@ -424,7 +430,7 @@ _EXCEPTION_META = {"exceptionClass": "exception_class", "exceptionFunction": "ex
 
 
 def last_lines(lines: Iterable[Line], exceptions: bool = False,
-               known: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+               known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """getLastLines' ``{"fieldNames", "result"}`` for custom-event (or exception) records.
 
     ``known``: each client's latest properties (:func:`latest_values`), for what a record does not
@@ -436,9 +442,9 @@ def last_lines(lines: Iterable[Line], exceptions: bool = False,
     return {"fieldNames": fields, "result": [_line(line, exceptions, known or {}) for line in lines]}
 
 
-def _line(line: Line, exceptions: bool, known: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def _line(line: Line, exceptions: bool, known: dict[str, dict[str, Any]]) -> dict[str, Any]:
     meta = line.meta
-    row: Dict[str, Any] = {"eventDate": iso_time(line.event_at), "clientId": meta.get("installation_id")}
+    row: dict[str, Any] = {"eventDate": iso_time(line.event_at), "clientId": meta.get("installation_id")}
     if exceptions:
         row.update((field, meta.get(key)) for field, key in _EXCEPTION_META.items())
     else:
@@ -448,13 +454,13 @@ def _line(line: Line, exceptions: bool, known: Dict[str, Dict[str, Any]]) -> Dic
     return row
 
 
-def line_clients(lines: Iterable[Line]) -> List[str]:
+def line_clients(lines: Iterable[Line]) -> list[str]:
     return sorted({line.meta["installation_id"] for line in lines if line.meta.get("installation_id")})
 
 
-def latest_values(metas: Iterable[Tuple[str, Dict[str, Any]]], names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+def latest_values(metas: Iterable[tuple[str, dict[str, Any]]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per client, the newest non-null value of each of ``names``; ``metas`` newest first."""
-    current: Dict[str, Dict[str, Any]] = {}
+    current: dict[str, dict[str, Any]] = {}
     for client, meta in metas:
         found = current.setdefault(client, {})
         if len(found) == len(names):
@@ -466,8 +472,8 @@ def latest_values(metas: Iterable[Tuple[str, Dict[str, Any]]], names: Sequence[s
 
 
 # -- clientPropertyList ----------------------------------------------------------------------------
-def client_properties(clients: Sequence[Span], metas: Iterable[Tuple[str, Dict[str, Any]]],
-                      names: Sequence[str]) -> List[Dict[str, Any]]:
+def client_properties(clients: Sequence[Span], metas: Iterable[tuple[str, dict[str, Any]]],
+                      names: Sequence[str]) -> list[dict[str, Any]]:
     """One row per client (in ``clients`` order) with the newest non-null value of each property.
 
     ``metas``: ``(client, meta)`` newest first, so the first value seen is the current one.
@@ -483,14 +489,15 @@ EXPORT_COLUMNS = ("event_id", "kind", "event_at", "activity_type", "count", "ins
                   "user_id_type", "ip_addr", "domain", "meta")
 
 
-def export_zip(rows: Iterable[Tuple], csv_name: str, day: int) -> bytes:
+def export_zip(rows: Iterable[tuple[Any, ...]], csv_name: str, day: int) -> bytes:
     """A zip holding one CSV (:data:`EXPORT_COLUMNS`) of :func:`read_day` rows, built in memory."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\r\n")
     writer.writerow(EXPORT_COLUMNS)
     for event_id, kind, event_at, activity_type, count, payload in rows:
         record = _object(payload)
-        meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+        meta = record.get("meta")
+        meta = meta if isinstance(meta, dict) else {}
         writer.writerow([event_id, kind, iso_time(event_at), activity_type, count,
                          _cell(meta.get("installation_id")),
                          _cell(record.get("user_id")), _cell(record.get("user_id_type")),
@@ -511,7 +518,7 @@ def _cell(value: Any) -> str:
 
 
 # -- dashboard helpers -----------------------------------------------------------------------------
-def per_day_sessions(sessions: Iterable[Session], first_day: int, days: int) -> Tuple[List[int], List[float]]:
+def per_day_sessions(sessions: Iterable[Session], first_day: int, days: int) -> tuple[list[int], list[float]]:
     """Sessions ended and runtime hours per day over ``days`` days from ``first_day``."""
     counts, hours = [0] * days, [0.0] * days
     for session in sessions:
@@ -522,9 +529,9 @@ def per_day_sessions(sessions: Iterable[Session], first_day: int, days: int) -> 
     return counts, hours
 
 
-def exception_counts(exceptions: Iterable[ExceptionRecord]) -> List[Tuple[str, int]]:
+def exception_counts(exceptions: Iterable[ExceptionRecord]) -> list[tuple[str, int]]:
     """``(exception class, records)``, most frequent first (then by name)."""
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for exception in exceptions:
         counts[exception.exception_class] = counts.get(exception.exception_class, 0) + 1
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
