@@ -9,8 +9,12 @@ import json
 import os
 import re
 
-__all__ = ["atomic_write", "default_root", "ensure_private_dir", "fsync_dir", "mtime_ns", "pid_alive", "product_dir", "publish_once",
-           "read_json", "unlink_quietly", "write_json"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["atomic_write", "default_root", "ensure_private_dir", "fsync_dir", "mtime_ns", "pid_alive", "product_dir",
+           "publish_once", "read_json", "unlink_quietly", "write_json"]
 
 
 def default_root() -> str:
@@ -127,7 +131,7 @@ def publish_once(path: str, data: bytes, fsync: bool = True) -> None:
         fsync_dir(os.path.dirname(path))
 
 
-def read_json(path: str) -> dict:
+def read_json(path: str) -> dict[str, Any]:
     """The JSON object stored at ``path``, or ``{}`` when it is missing or unreadable."""
     try:
         with open(path, "rb") as f:
@@ -137,7 +141,7 @@ def read_json(path: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def write_json(path: str, value: dict, fsync: bool = False) -> None:
+def write_json(path: str, value: dict[str, Any], fsync: bool = False) -> None:
     atomic_write(path, json.dumps(value, sort_keys=True).encode(), fsync)
 
 

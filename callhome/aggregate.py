@@ -38,10 +38,17 @@ import math
 import os
 import threading
 
-from .buffer import deque
-
 from .payload import MAX_ACTIVITY, clean_meta
 from .schema import MAX_FUTURE_S
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see the module's docstring)
+if TYPE_CHECKING:
+    from collections import deque
+    from typing import Any
+
+    from ._lock import FileLock
+else:
+    from .buffer import deque  # the C type, without importing collections
 
 __all__ = ["DEFAULT_GRACE", "LOCK_TIMEOUT", "MAX_COUNT", "MAX_PENDING_WINDOWS", "SEAL_LEASE", "AggregateStore",
            "Counter", "aggregate_event_id", "aggregate_payload", "default_grace", "window_start"]
@@ -100,9 +107,9 @@ class Counter:
         self.interval = _whole_seconds(interval)
         self.max_activities = max_activities
         self._lock = threading.Lock()
-        self._counts: dict = {}
-        self._per_window: dict = {}  # window start -> distinct activities, for the cap
-        self._pending: deque = deque()  # counts made while the lock was held
+        self._counts: dict[tuple[int, str], int] = {}
+        self._per_window: dict[int, int] = {}  # window start -> distinct activities, for the cap
+        self._pending: deque[tuple[tuple[int, str], int]] = deque()  # counts made while the lock was held
         #: calls whose count a cap refused after the fact (they were pending), for the worker to count
         self.capped = 0
 
@@ -139,7 +146,7 @@ class Counter:
             lock.release()
         return True
 
-    def _add_new(self, key: tuple, n: int) -> bool:
+    def _add_new(self, key: tuple[int, str], n: int) -> bool:
         """A new (window, activity) pair, within the caps; called with the lock held."""
         start = key[0]
         seen = self._per_window.get(start, 0)
@@ -149,7 +156,7 @@ class Counter:
         self._counts[key] = n
         return True
 
-    def drain(self) -> dict:
+    def drain(self) -> dict[tuple[int, str], int]:
         """Everything counted so far, ``{(window_start, activity): count}``, leaving the Counter empty."""
         with self._lock:
             pending = self._pending
@@ -162,7 +169,7 @@ class Counter:
             taken, self._counts, self._per_window = self._counts, {}, {}
         return taken
 
-    def restore(self, partial: dict) -> None:
+    def restore(self, partial: dict[tuple[int, str], int]) -> None:
         """Give back a drained ``partial`` the store could not take (lock timeout, disk error).
 
         The caps are not applied again: these counts were accepted once and must not be lost.
@@ -224,7 +231,7 @@ class AggregateStore:
     def _name(self, start: int, interval: int | None = None, kind: str = "json") -> str:
         return f"w-{interval or self.interval}-{start}.{kind}"
 
-    def _locked(self, timeout: float | None):
+    def _locked(self, timeout: float | None) -> FileLock:
         """The store's lock, acquired within ``timeout``; raises ``_lock.Busy`` (an OSError)."""
         from ._lock import FileLock
 
@@ -241,7 +248,7 @@ class AggregateStore:
         return self.max_windows * interval
 
     # -- merging partial counts ----------------------------------------------------------------
-    def merge(self, partial: dict, now: float, timeout: float | None = None) -> dict:
+    def merge(self, partial: dict[tuple[int, str], int], now: float, timeout: float | None = None) -> dict[str, int]:
         """Add ``partial`` (from :meth:`Counter.drain`) to the shared windows.
 
         :return: counts dropped by reason: ``late`` (window already emitted, or older than
@@ -271,7 +278,8 @@ class AggregateStore:
         partial.clear()  # what is left was malformed
         return dropped
 
-    def _settle(self, start: int, counts: dict, listing: dict, open_windows: int, now: float, dropped: dict) -> bool:
+    def _settle(self, start: int, counts: dict[str, int], listing: dict[tuple[int, int], set[str]], open_windows: int,
+                now: float, dropped: dict[str, int]) -> bool:
         """Merge one window's counts, or drop them by the rules; True when a new window was opened."""
         reason = self._refusal(start, listing.get((self.interval, start), set()), now)
         if reason:
@@ -283,7 +291,7 @@ class AggregateStore:
             return False
         return self._merge_window(start, counts, dropped) and is_new
 
-    def _refusal(self, start: int, kinds: set, now: float) -> str | None:
+    def _refusal(self, start: int, kinds: set[str], now: float) -> str | None:
         """Why counts for window ``start`` cannot be merged, by its marker files and age."""
         end = start + self.interval
         if "done" in kinds or end + self._horizon(self.interval) <= now:
@@ -292,7 +300,7 @@ class AggregateStore:
             return "windows"
         return None
 
-    def _merge_window(self, start: int, counts: dict, dropped: dict) -> bool:
+    def _merge_window(self, start: int, counts: dict[str, int], dropped: dict[str, int]) -> bool:
         """Add ``counts`` to one open window file; False when nothing could be added."""
         path = self._path(self._name(start))
         state = self._read(path) or {"counts": {}, "sealed": None}
@@ -312,7 +320,7 @@ class AggregateStore:
         return added
 
     # -- emitting --------------------------------------------------------------------------------
-    def take_due(self, now: float, timeout: float | None = None) -> list:
+    def take_due(self, now: float, timeout: float | None = None) -> list[tuple[int, str, int]]:
         """``[(window_start, activity, count)]`` of closed windows (``end + grace <= now``) not yet emitted.
 
         The windows are sealed for this process: later counts for them are late, and other
@@ -320,7 +328,7 @@ class AggregateStore:
         process gets them again on every call (the queue may have failed), and another process
         gets them once the lease ran out (this one crashed): the same counts, the same ids.
         """
-        due = []
+        due: list[tuple[int, str, int]] = []
         with self._locked(timeout):
             self.salt = _read_salt(self._path("salt")) or self._new_salt()
             listing = self._scan(sweep=True)
@@ -330,7 +338,7 @@ class AggregateStore:
                     due += self._seal(start, now)
         return due
 
-    def _seal(self, start: int, now: float) -> list:
+    def _seal(self, start: int, now: float) -> list[tuple[int, str, int]]:
         path = self._path(self._name(start))
         state = self._read(path)
         if state is None:
@@ -347,7 +355,7 @@ class AggregateStore:
             _write_json(path, state, self.fsync)
         return [(start, activity, n) for activity, n in sorted(state["counts"].items())]
 
-    def mark_emitted(self, window_starts: list, now: float, timeout: float | None = None) -> None:
+    def mark_emitted(self, window_starts: list[int], now: float, timeout: float | None = None) -> None:
         """Record that the windows' records are queued: their counts are final, later ones late.
 
         ``now`` is unused (housekeeping happens in ``merge`` and ``take_due``); it keeps the
@@ -366,30 +374,30 @@ class AggregateStore:
         atomic_write(self._path("salt"), salt.encode())
         return salt
 
-    def pending(self) -> dict:
+    def pending(self) -> dict[tuple[int, str], int]:
         """``{(window_start, activity): count}`` not emitted yet, read without the lock (status, preview)."""
-        result = {}
+        result: dict[tuple[int, str], int] = {}
         for (interval, start), kinds in sorted(self._scan().items()):
             if interval == self.interval and kinds == {"json"}:
                 state = self._read(self._path(self._name(start)), count_corrupt=False) or {"counts": {}}
                 result.update(((start, activity), n) for activity, n in state["counts"].items())
         return result
 
-    def drain_dropped(self) -> dict:
+    def drain_dropped(self) -> dict[str, int]:
         """Housekeeping losses since the last call: ``corrupt`` (files ignored and deleted) and
         ``windows`` (counts of other-interval windows nobody emitted within their horizon)."""
         taken, self._housekeeping = self._housekeeping, {"corrupt": 0, "windows": 0}
         return taken
 
     # -- reading the directory -------------------------------------------------------------------
-    def _scan(self, sweep: bool = False) -> dict:
+    def _scan(self, sweep: bool = False) -> dict[tuple[int, int], set[str]]:
         """``{(interval, start): {"json", "done"}}`` from the names in the directory.
 
         With ``sweep`` (only while holding the lock: every write happens under it, so a tmp
         file seen then was left by a process killed mid-write) tmp files are deleted.
         :raises OSError: with ``sweep``, when the directory cannot be listed.
         """
-        listing: dict = {}
+        listing: dict[tuple[int, int], set[str]] = {}
         try:
             names = os.listdir(self.directory)
         except OSError:
@@ -404,7 +412,7 @@ class AggregateStore:
                 _unlink(self._path(name))
         return listing
 
-    def _sweep(self, listing: dict, now: float) -> None:
+    def _sweep(self, listing: dict[tuple[int, int], set[str]], now: float) -> None:
         """Delete the window files of emitted windows (a crash between writing the marker and
         deleting them), markers past their horizon, and other intervals' windows past theirs.
         Called with the lock held; updates ``listing``."""
@@ -422,7 +430,7 @@ class AggregateStore:
             if not kinds:
                 del listing[(interval, start)]
 
-    def _read(self, path: str, count_corrupt: bool = True) -> dict | None:
+    def _read(self, path: str, count_corrupt: bool = True) -> dict[str, Any] | None:
         """A window file's state, or None when missing; a corrupt one is counted and deleted."""
         import json
 
@@ -439,7 +447,7 @@ class AggregateStore:
         return state
 
 
-def _parse_name(name: str) -> tuple | None:
+def _parse_name(name: str) -> tuple[int, int, str] | None:
     """``(interval, start, kind)`` from ``w-<interval>-<start>.<kind>``, or None."""
     stem, _, kind = name.partition(".")
     parts = stem.split("-")
@@ -450,7 +458,7 @@ def _parse_name(name: str) -> tuple | None:
     return int(parts[1]), int(parts[2]), kind
 
 
-def _valid_state(value: object) -> dict | None:
+def _valid_state(value: object) -> dict[str, Any] | None:
     """The window state if ``value`` is one (counts of positive ints, a well-formed seal)."""
     if not isinstance(value, dict) or not isinstance(value.get("counts"), dict):
         return None
@@ -464,9 +472,9 @@ def _valid_state(value: object) -> dict | None:
     return {"counts": counts, "sealed": sealed}
 
 
-def _group(partial: dict) -> dict:
+def _group(partial: dict[tuple[int, str], int]) -> dict[int, dict[str, int]]:
     """``{window_start: {activity: count}}`` from a drained partial, skipping malformed items."""
-    by_window: dict = {}
+    by_window: dict[int, dict[str, int]] = {}
     for key, n in partial.items():
         if not (isinstance(key, tuple) and len(key) == 2 and type(key[0]) is int and type(key[1]) is str
                 and key[1] and type(n) is int and n > 0):
@@ -476,7 +484,7 @@ def _group(partial: dict) -> dict:
     return by_window
 
 
-def _write_json(path: str, state: dict, fsync: bool) -> None:
+def _write_json(path: str, state: dict[str, Any], fsync: bool) -> None:
     import json
 
     from ._fs import atomic_write
@@ -532,16 +540,16 @@ def uuid5(namespace: str, name: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_PROCESS_SALTS: dict = {}  # by pid: a forked child must not share its parent's
+_PROCESS_SALTS: dict[int, str] = {}  # by pid: a forked child must not share its parent's
 
 
 def _process_salt() -> str:
     return _PROCESS_SALTS.setdefault(os.getpid(), os.urandom(16).hex())
 
 
-def aggregate_payload(static: dict, activity: str, window_start: int, interval: float, count: int,
+def aggregate_payload(static: dict[str, Any], activity: str, window_start: int, interval: float, count: int,
                       installation_id: str | None, domain: str | None, ip_addr: str | None,
-                      meta: dict | None = None, salt: str | None = None) -> dict:
+                      meta: dict[str, Any] | None = None, salt: str | None = None) -> dict[str, Any]:
     """The ``payload`` object for ``/api/product/aggregateusage`` for one activity and window.
 
     :param static: :func:`callhome.payload.static_fields` (source, environment, product_id, user_agent).

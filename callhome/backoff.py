@@ -9,7 +9,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see the module's docstring)
 if TYPE_CHECKING:
-    from typing import Callable, Collection, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
 __all__ = ["BASE", "MAX_DELAY", "MAX_FAILURES", "MAX_RETRY_AFTER", "REPLAY_STRETCH", "TRANSIENT",
            "counts_against", "delay", "parse_retry_after", "replay"]
@@ -50,13 +50,13 @@ def delay(failures: int, base: float = BASE, cap: float = MAX_DELAY,
     return rng() * ceiling
 
 
-def counts_against(status: int | None, transient: Collection = TRANSIENT) -> bool:
+def counts_against(status: int | None, transient: Collection[int | None] = TRANSIENT) -> bool:
     """Whether a failed request with this HTTP ``status`` uses up one of the record's attempts."""
     return status not in transient
 
 
 def replay(created: Sequence[float], not_before: Sequence[float], held_until: float, now: float,
-           longest: float, stretch: float = REPLAY_STRETCH) -> list:
+           longest: float, stretch: float = REPLAY_STRETCH) -> list[float]:
     """The not-before times of a backlog's batches once the server answered again, at ``now``,
     after a streak of failures that held the product back until ``held_until``.
 

@@ -14,6 +14,10 @@ import time
 
 from ._fs import atomic_write, ensure_private_dir, mtime_ns, read_json
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["GLOBAL_FILE", "NOTICE_VERSION", "PRODUCT_FILE", "Watch", "load", "paths", "save"]
 
 GLOBAL_FILE = "choices.json"
@@ -27,7 +31,7 @@ def paths(product_dir: str) -> tuple[str, str]:
     return os.path.join(os.path.dirname(product_dir), GLOBAL_FILE), os.path.join(product_dir, PRODUCT_FILE)
 
 
-def load(product_dir: str) -> dict:
+def load(product_dir: str) -> dict[str, Any]:
     """The saved choices: ``disabled`` (with ``disabled_by``: the file), ``consent``, notice fields.
 
     A global ``disabled`` wins over the product's own ``enable``: opting out is absorbing.
@@ -52,10 +56,10 @@ class Watch:
 
     def __init__(self, product_dir: str | None) -> None:
         self.product_dir = product_dir
-        self._stamp: tuple = ()
-        self._choices: dict = {}
+        self._stamp: tuple[int | None, ...] = ()
+        self._choices: dict[str, Any] = {}
 
-    def __call__(self) -> dict:
+    def __call__(self) -> dict[str, Any]:
         if self.product_dir is None:
             return {}
         stamp = tuple(mtime_ns(path) for path in paths(self.product_dir))
@@ -78,7 +82,7 @@ def save(product_dir: str, scope: str = "product", **fields: object) -> str:
     return path
 
 
-def _dump(value: dict) -> bytes:
+def _dump(value: dict[str, Any]) -> bytes:
     import json
 
     return json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"

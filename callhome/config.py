@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: init() runs on the host's thread
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
 __all__ = ["DEFAULT_ENDPOINT", "ENV", "Config", "env_flag", "resolve", "unknown_options"]
 
 DEFAULT_ENDPOINT = "https://ingest.reo.dev"
@@ -43,8 +48,8 @@ class Config:
         "product_id", "api_key", "endpoint", "environment", "source", "domain", "ip_addr",
         "relay", "product_version", "product_build", "product_edition", "product_language",
         "sessions", "session_activity", "heartbeat_interval", "exception_activity",
-        "capture_exceptions", "exception_messages", "license_secret", "data_dir", "flush_interval", "call_home_interval",
-        "call_home_activity", "timeout", "exit_timeout", "debug", "strict", "enabled",
+        "capture_exceptions", "exception_messages", "license_secret", "data_dir", "flush_interval",
+        "call_home_interval", "call_home_activity", "timeout", "exit_timeout", "debug", "strict", "enabled",
         "send_in_ci", "env_prefix", "optout_env", "consent", "cli_command", "aggregate_interval",
         "activity_modes", "max_buffer", "max_buffer_bytes", "max_queue_events",
         "max_queue_bytes", "max_age", "max_attempts", "max_event_bytes", "fsync",
@@ -112,12 +117,12 @@ class Config:
     def __delattr__(self, name: str) -> None:
         raise AttributeError("Config is immutable; call init() again to change it")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Every field, for the sender process (which gets it over a pipe: it holds the key)."""
         return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
-    def from_dict(cls, values: dict) -> Config:
+    def from_dict(cls, values: dict[str, Any]) -> Config:
         """The inverse of :meth:`to_dict` after a JSON round trip. :raises KeyError, TypeError: when
         ``values`` is not a whole configuration."""
         values = dict(values)
@@ -145,7 +150,7 @@ class Config:
 
 
 #: option → (default, environment variables, parser). ``None`` parser means "a string".
-_OPTIONS = {
+_OPTIONS: dict[str, tuple[object, tuple[str, ...], str | None]] = {
     "api_key": (None, ("CALLHOME_API_KEY", "REO_API_KEY"), None),
     "endpoint": (DEFAULT_ENDPOINT, ("CALLHOME_ENDPOINT",), "endpoint"),
     "environment": ("PRODUCTION", ("CALLHOME_ENVIRONMENT",), None),
@@ -194,7 +199,7 @@ _OPTIONS = {
 }
 
 
-def resolve(kwargs: dict, environ: os._Environ | dict | None = None) -> Config:
+def resolve(kwargs: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Config:
     """Build the :class:`Config` for ``init(**kwargs)`` under ``environ``.
 
     A bad environment value is recorded in ``Config.problems`` and ignored, even under
@@ -214,7 +219,7 @@ def resolve(kwargs: dict, environ: os._Environ | dict | None = None) -> Config:
     problems = unknown_options(kwargs)
     if problems and strict:
         raise TypeError("; ".join(problems))
-    values: dict = {"product_id": product_id.strip(), "problems": problems}
+    values: dict[str, Any] = {"product_id": product_id.strip(), "problems": problems}
     refused = _refused_endpoint(kwargs, environ)
     if refused and strict and kwargs.get("endpoint") is not None:
         raise ValueError(refused[1])
@@ -230,7 +235,7 @@ def resolve(kwargs: dict, environ: os._Environ | dict | None = None) -> Config:
     return Config(**values)
 
 
-def _refused_endpoint(kwargs: dict, environ) -> tuple | None:
+def _refused_endpoint(kwargs: Mapping[str, object], environ: Mapping[str, str]) -> tuple[str, str] | None:
     """``(endpoint as given, why nothing is sent)`` when the endpoint that applies is refused.
 
     Never the default in its place: an operator who meant to keep the data in-house (a plain
@@ -247,7 +252,8 @@ def _refused_endpoint(kwargs: dict, environ) -> tuple | None:
     return shown, f"{where}={shown!r} was refused ({_HINTS['endpoint']}): nothing is sent"
 
 
-def _resolve_one(name: str, kwargs: dict, environ, default, env_names, kind, problems, strict):
+def _resolve_one(name: str, kwargs: Mapping[str, object], environ: Mapping[str, str], default: object,
+                 env_names: tuple[str, ...], kind: str | None, problems: list[str], strict: bool) -> object:
     if kwargs.get(name) is not None:
         parsed = _parse(kwargs[name], kind)
         if parsed is not _BAD:
@@ -267,7 +273,7 @@ def _resolve_one(name: str, kwargs: dict, environ, default, env_names, kind, pro
     return default
 
 
-def unknown_options(options: dict) -> list[str]:
+def unknown_options(options: Mapping[str, object]) -> list[str]:
     """A problem for each option ``init()`` does not have, naming the one probably meant."""
     return [_unknown(name) for name in sorted(set(options) - set(_OPTIONS) - {"product_id"}, key=str)]
 
@@ -309,7 +315,7 @@ def _parse(value: object, kind: str | None) -> object:
             count = int(value)  # type: ignore[call-overload]
             return count if count > 0 else _BAD
         if kind == "names":
-            return (value,) if isinstance(value, str) else tuple(str(v) for v in value)  # type: ignore[union-attr]
+            return (value,) if isinstance(value, str) else tuple(str(v) for v in value)  # type: ignore[attr-defined]
         if kind == "endpoint":
             return _endpoint(str(value))
         if kind == "source":

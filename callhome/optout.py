@@ -11,6 +11,10 @@ import os
 
 from .config import Config, env_flag
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: init() runs on the host's thread
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 __all__ = ["CI_VARIABLES", "OPT_OUT_VARIABLES", "Decision", "decide", "detect_ci", "product_variable"]
 
 #: Variables whose non-empty value means "this is a CI run" (one test per entry guards the list).
@@ -46,7 +50,7 @@ def product_variable(config: Config) -> str:
     return "_".join(words) + "_TELEMETRY_DISABLED"
 
 
-def detect_ci(environ: os._Environ | dict) -> bool:
+def detect_ci(environ: Mapping[str, str]) -> bool:
     """True when a CI system's marker variable is set (``CI`` honours explicit negatives)."""
     if env_flag(environ.get("CI")):
         return True
@@ -59,7 +63,8 @@ def detect_ci(environ: os._Environ | dict) -> bool:
 OPT_OUT_VARIABLES = ("CALLHOME_DISABLED", "CALLHOME_DISABLE", "DO_NOT_TRACK")
 
 
-def decide(config: Config, environ: os._Environ | dict | None = None, choices: dict | None = None) -> Decision:
+def decide(config: Config, environ: Mapping[str, str] | None = None,
+           choices: Mapping[str, object] | None = None) -> Decision:
     """Apply the precedence of ``docs/privacy.md``; the first opt-out found is the reason.
 
     :param choices: what ``callhome enable``/``disable`` saved (``choices.load``), once the

@@ -11,14 +11,20 @@ import os
 import sys
 from itertools import count
 
-from .buffer import deque
 from ._version import __version__
 from .config import Config
 from .schema import MAX_FUTURE_S, MAX_STRING, MIN_EVENT_AT, USER_ID_TYPES
 
-__all__ = ["MAX_META_BYTES", "MAX_META_KEYS", "IDS_AHEAD", "Rejected", "make_event_ids", "new_event_id", "ready_ids", "coerce_event_at",
-           "call_label", "clean_meta", "clean_activity", "clean_category", "clean_name", "clean_user", "platform_triple", "user_agent",
-           "static_fields"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which a host would pay for
+if TYPE_CHECKING:
+    from collections import deque
+    from typing import Any
+else:
+    from .buffer import deque  # the C type, without importing collections
+
+__all__ = ["MAX_META_BYTES", "MAX_META_KEYS", "IDS_AHEAD", "Rejected", "make_event_ids", "new_event_id",
+           "ready_ids", "coerce_event_at", "call_label", "clean_meta", "clean_activity", "clean_category", "clean_name",
+           "clean_user", "platform_triple", "user_agent", "static_fields"]
 
 #: The agent adds its own keys (installation id, versions) to the host's, within the schema's 64.
 MAX_META_KEYS = 50
@@ -32,7 +38,7 @@ class Rejected(Exception):
     """The event cannot be sent at all (no usable activity name)."""
 
 
-def _new_series() -> tuple:
+def _new_series() -> tuple[str, count[int]]:
     """A fresh random prefix (74 bits: the uuid4 layout's random bits less the last 48) and the
     counter of blocks that make the last 48 bits: a block number of 10 hex digits (started at a
     random point in [16**9, 8 * 16**9), so it never needs an 11th) and 2 more for the id in it."""
@@ -47,9 +53,9 @@ _SUFFIXES = tuple("%02x" % i for i in range(256))
 #: How many ids the worker keeps ready.
 IDS_AHEAD = 1024
 #: This process's id prefix and counter of blocks; a forked child draws a series of its own.
-_SERIES: tuple = _new_series()
+_SERIES: tuple[str, count[int]] = _new_series()
 #: Ids made ahead (by the worker thread, or by a call that found none), so that ``track()`` only pops one.
-ready_ids: deque = deque()
+ready_ids: deque[str] = deque()
 
 
 def _reseed() -> None:
@@ -80,7 +86,7 @@ def new_event_id() -> str:
     return block[0]
 
 
-def _block() -> list:
+def _block() -> list[str]:
     prefix, blocks = _SERIES
     head = "%s%010x" % (prefix, next(blocks))
     return [head + suffix for suffix in _SUFFIXES]
@@ -92,7 +98,7 @@ def make_event_ids() -> None:
         ready_ids.extend(_block())
 
 
-def coerce_event_at(value: object, now: float, problems: list) -> int:
+def coerce_event_at(value: object, now: float, problems: list[str]) -> int:
     """UNIX seconds (int) from None, int, float, numeric string, milliseconds or a datetime."""
     if value is None:
         return int(now)
@@ -141,7 +147,7 @@ def _one_line(text: str, limit: int) -> str:
     return text.strip()[:limit]
 
 
-def clean_activity(activity: object, problems: list) -> str:
+def clean_activity(activity: object, problems: list[str]) -> str:
     """The ``activity_type``: trimmed, inner whitespace collapsed, non-empty, at most 128 characters."""
     cleaned = clean_name(activity, problems, "activity")
     if not cleaned:
@@ -149,7 +155,7 @@ def clean_activity(activity: object, problems: list) -> str:
     return cleaned
 
 
-def clean_name(name: object, problems: list, what: str = "category") -> str:
+def clean_name(name: object, problems: list[str], what: str = "category") -> str:
     """An event name or category as Revenera conditions them: trimmed, whitespace runs made one
     space, at most 128 characters. :raises Rejected: when ``name`` is not a string."""
     if not isinstance(name, str):
@@ -171,7 +177,7 @@ def call_label(activity: object) -> str:
     return f"track({shown})"
 
 
-def clean_category(category: object, problems: list) -> str:
+def clean_category(category: object, problems: list[str]) -> str:
     """The cleaned category; an unusable one is left out (and counted), the event is still sent."""
     try:
         return clean_name(category, problems)
@@ -180,7 +186,7 @@ def clean_category(category: object, problems: list) -> str:
         return ""
 
 
-def clean_user(user_id: object, user_id_type: object, problems: list) -> tuple[str, str] | None:
+def clean_user(user_id: object, user_id_type: object, problems: list[str]) -> tuple[str, str] | None:
     """``(user_id, user_id_type)`` when both are given and valid, else None (counted)."""
     if user_id is None and user_id_type is None:
         return None
@@ -196,14 +202,14 @@ def clean_user(user_id: object, user_id_type: object, problems: list) -> tuple[s
     return _one_line(user_id, MAX_STRING), kind
 
 
-def clean_meta(meta: object, problems: list) -> dict:
+def clean_meta(meta: object, problems: list[str]) -> dict[str, Any]:
     """A flat, JSON-safe, size-capped copy of the host's ``meta``."""
     if meta is None:
         return {}
     if not isinstance(meta, dict):
         problems.append(f"meta of type {type(meta).__name__} dropped: it must be a dict")
         return {}
-    cleaned: dict = {}
+    cleaned: dict[str, Any] = {}
     size = 2
     for key, value in meta.items():
         if value is None:
@@ -219,7 +225,7 @@ def clean_meta(meta: object, problems: list) -> dict:
     return cleaned
 
 
-def _flat_value(value: object, problems: list, name: str) -> object:
+def _flat_value(value: object, problems: list[str], name: str) -> str | int | float:
     if isinstance(value, bool) or isinstance(value, int) and abs(value) < 2 ** 53:
         return value
     if isinstance(value, float) and math.isfinite(value):
@@ -262,7 +268,7 @@ def platform_triple() -> tuple[str, str, str]:
     return "Windows", f"{version.major}.{version.minor}.{version.build}", arch
 
 
-def static_fields(config: Config) -> dict:
+def static_fields(config: Config) -> dict[str, str]:
     """The fields every payload of this agent shares."""
     fields = {"source": config.source, "environment": config.environment,
               "product_id": config.product_id, "user_agent": user_agent(config)}

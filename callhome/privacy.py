@@ -15,6 +15,10 @@ import os
 import re
 import sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see the module's docstring)
+if TYPE_CHECKING:
+    from .config import Config
+
 __all__ = ["MASK", "SALT_FILE", "mask_args", "redact_path", "salted_hash"]
 
 MASK = "*****"
@@ -42,12 +46,12 @@ def redact_path(path: object) -> str:
 
 def _as_text(path: object) -> str:
     if isinstance(path, (str, bytes)) or hasattr(path, "__fspath__"):
-        value = os.fspath(path)  # type: ignore[arg-type]
+        value = os.fspath(path)
         return os.fsdecode(value) if isinstance(value, bytes) else value
     return str(path)
 
 
-def _prefixes() -> list:
+def _prefixes() -> list[tuple[str, str]]:
     """(directory, replacement) pairs, longest first; ``$CWD`` first when both are the same."""
     found = []
     for name, replacement in (("cwd", "$CWD"), ("home", "~")):
@@ -58,7 +62,7 @@ def _prefixes() -> list:
     return sorted(found, key=lambda pair: -len(pair[0]))
 
 
-def _directories(name: str) -> set:
+def _directories(name: str) -> set[str]:
     """The directory as given and resolved (a symlinked home must match both spellings)."""
     try:
         raw = os.getcwd() if name == "cwd" else os.path.expanduser("~")
@@ -77,7 +81,7 @@ def _replace_prefix(text: str, prefix: str, replacement: str) -> str:
 
 
 # -- command lines ---------------------------------------------------------------------------------
-def mask_args(argv: object, known_options: object = ()) -> list:
+def mask_args(argv: object, known_options: object = ()) -> list[str]:
     """``argv`` (without the program name) with every value replaced by ``*****``.
 
     ``known_options`` lists what may be shown: sub-command words (``"build"``), flag options
@@ -105,7 +109,7 @@ def mask_args(argv: object, known_options: object = ()) -> list:
 MAX_ARGS = 1000
 
 
-def _as_list(argv: object) -> list:
+def _as_list(argv: object) -> list[str]:
     import itertools
 
     if isinstance(argv, (str, bytes)):
@@ -113,7 +117,7 @@ def _as_list(argv: object) -> list:
     return [_as_text(item) for item in itertools.islice(argv, MAX_ARGS)]  # type: ignore[call-overload]
 
 
-def _known(known_options: object) -> dict:
+def _known(known_options: object) -> dict[str, bool]:
     """``{word or option name: takes a value}`` from a list with ``=`` suffixes or a mapping."""
     import itertools
 
@@ -122,11 +126,13 @@ def _known(known_options: object) -> dict:
                 for k, v in itertools.islice(known_options.items(), MAX_ARGS)}
     if isinstance(known_options, str):
         known_options = [known_options]
-    return {str(k).rstrip("="): str(k).endswith("=") for k in itertools.islice(known_options or (), MAX_ARGS)}
+    # not an iterable: the TypeError is mask_args's to catch
+    return {str(k).rstrip("="): str(k).endswith("=")
+            for k in itertools.islice(known_options or (), MAX_ARGS)}  # type: ignore[call-overload]
 
 
-def _mask(argv: list, takes_value: dict) -> list:
-    masked: list = []
+def _mask(argv: list[str], takes_value: dict[str, bool]) -> list[str]:
+    masked: list[str] = []
     pending_value = only_values = False
     for arg in argv:
         if pending_value or only_values:
@@ -148,7 +154,7 @@ def _is_option(arg: str) -> bool:
     return arg.startswith("-") and arg != "-" and not re.fullmatch(r"-\d[\d.eE+-]*", arg)
 
 
-def _mask_option(arg: str, takes_value: dict) -> tuple:
+def _mask_option(arg: str, takes_value: dict[str, bool]) -> tuple[str, bool]:
     """(what to show, whether the next argument is this option's value)."""
     name, equals, _ = arg.partition("=")
     if name in takes_value:
@@ -158,7 +164,7 @@ def _mask_option(arg: str, takes_value: dict) -> tuple:
     return "--" + MASK, False
 
 
-def _mask_short_cluster(arg: str, takes_value: dict) -> tuple:
+def _mask_short_cluster(arg: str, takes_value: dict[str, bool]) -> tuple[str, bool]:
     """``-ovalue`` (a known ``-o=``) or ``-abc`` (known flags ``-a``, ``-b``, ``-c``)."""
     head = arg[:2]
     if takes_value.get(head):
@@ -170,7 +176,7 @@ def _mask_short_cluster(arg: str, takes_value: dict) -> tuple:
 
 # -- hashing ---------------------------------------------------------------------------------------
 #: Salts already found, by the arguments that found them: the disk is read once per process.
-_salts: dict = {}
+_salts: dict[object, bytes] = {}
 
 
 def salted_hash(value: object, salt_dir: str | None = None, *, product_id: str | None = None,
@@ -246,11 +252,12 @@ def _product_directory(product_id: str | None, data_dir: str | None) -> str | No
     return directory if decision.enabled and not decision.is_ci else None
 
 
-def _default_config():
+def _default_config() -> Config | None:
     """The configuration given to ``callhome.init()``, looked up without importing the package
     (it imports this module), or None before ``init()``."""
     agent = getattr(sys.modules.get("callhome"), "_default", None)
-    return getattr(agent, "config", None)
+    config: Config | None = getattr(agent, "config", None)
+    return config
 
 
 def _load_or_create_salt(directory: str) -> bytes | None:

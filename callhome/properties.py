@@ -10,6 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from .config import Config
+
 __all__ = ["MAX_CUSTOM", "PRODUCT_FIELDS", "custom_key", "detected", "license_fields", "product_fields"]
 
 MAX_CUSTOM = 20
@@ -22,7 +29,7 @@ _CONTAINER_CGROUP_WORDS = ("docker", "kubepods", "containerd", "lxc", "libpod")
 _IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy", "graalpy": "GraalPy", "ironpython": "IronPython"}
 
 
-def product_fields(config) -> dict:
+def product_fields(config: Config) -> dict[str, str]:
     """The product's own description, re-asserted by every ``init()`` (never persisted)."""
     return {key: getattr(config, option) for option, key in PRODUCT_FIELDS.items() if getattr(config, option)}
 
@@ -34,13 +41,13 @@ def custom_key(slot: object) -> str:
     return f"custom_{slot:02d}"
 
 
-def license_fields(license_type: object, flags: dict, key: object, secret: str | None,
-                   problems: list) -> dict:
+def license_fields(license_type: object, flags: Mapping[str, object], key: object, secret: str | None,
+                   problems: list[str]) -> dict[str, str | bool]:
     """The license's meta keys; the key only as an HMAC-SHA256 with the vendor's secret.
 
     ``None`` leaves a value unchanged (the caller merges), as Revenera's ``-1``.
     """
-    fields: dict = {}
+    fields: dict[str, str | bool] = {}
     if license_type is not None:
         text = str(license_type).encode("utf-8", "replace").decode("utf-8")  # a lone surrogate cannot be sent
         text = " ".join(text.split())[:64]
@@ -65,7 +72,7 @@ def license_fields(license_type: object, flags: dict, key: object, secret: str |
 _TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 
 
-def _flag(value: object, name: str, problems: list) -> bool | None:
+def _flag(value: object, name: str, problems: list[str]) -> bool | None:
     """A license flag: a bool, 0/1, or true/false/yes/no; None and Revenera's -1 leave it
     unchanged. Anything else is refused (``bool("false")`` is True: no guessing)."""
     if value is None or isinstance(value, bool):
@@ -81,7 +88,7 @@ def _flag(value: object, name: str, problems: list) -> bool | None:
     return None
 
 
-def detected(is_ci: bool) -> dict:
+def detected(is_ci: bool) -> dict[str, Any]:
     """OS, architecture, Python, locale, CPUs, container and CI flags; computed once by the worker."""
     from .payload import platform_triple
 

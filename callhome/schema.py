@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any, TypeGuard
+
 __all__ = [
     "AGGREGATE_PATH",
     "MODES",
@@ -56,7 +60,7 @@ class FieldError:
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         return {"field": self.field, "message": self.message}
 
 
@@ -85,11 +89,11 @@ def validate(payload: object, kind: str = "usage", now: float | None = None) -> 
     return errors
 
 
-def _is_str(value: object) -> bool:
+def _is_str(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and value != ""
 
 
-def _check_required_strings(payload: dict) -> list[FieldError]:
+def _check_required_strings(payload: dict[str, Any]) -> list[FieldError]:
     errors = []
     for key in ("activity_type", "product_id"):
         if not _is_str(payload.get(key)):
@@ -103,7 +107,7 @@ def _check_required_strings(payload: dict) -> list[FieldError]:
     return errors
 
 
-def _check_source_and_identity(payload: dict, kind: str) -> list[FieldError]:
+def _check_source_and_identity(payload: dict[str, Any], kind: str) -> list[FieldError]:
     errors = []
     source = payload.get("source")
     if source not in SOURCES:
@@ -172,7 +176,7 @@ def _check_meta(meta: object) -> list[FieldError]:
     return []
 
 
-def _check_aggregate(payload: dict) -> list[FieldError]:
+def _check_aggregate(payload: dict[str, Any]) -> list[FieldError]:
     errors = []
     mode, source = payload.get("mode"), payload.get("source")
     if mode not in MODES:

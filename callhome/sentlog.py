@@ -12,13 +12,17 @@ import os
 
 from ._fs import atomic_write
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["FILE", "MAX_BYTES", "append", "tail"]
 
 FILE = "sent.log"
 MAX_BYTES = 64 * 1024
 
 
-def append(path: str | None, entries: list, extra_path: str | None = None) -> None:
+def append(path: str | None, entries: list[dict[str, Any]], extra_path: str | None = None) -> None:
     """Add ``entries`` to the bounded log at ``path`` (and to ``extra_path``); never raises."""
     data = b"".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode() + b"\n" for e in entries)
     for target in (path, extra_path):
@@ -52,7 +56,7 @@ def _keep_newest(path: str, size: int) -> None:
     atomic_write(path, kept)
 
 
-def tail(path: str, count: int) -> list:
+def tail(path: str, count: int) -> list[Any]:
     """The newest ``count`` entries, oldest first (unreadable lines skipped)."""
     try:
         with open(path, "rb") as f:
