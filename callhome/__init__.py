@@ -16,6 +16,13 @@ from __future__ import annotations
 from ._version import __version__
 from .agent import Agent
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, as mypy reads it, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .agent import _SessionScope
+    from .privacy import mask_args, redact_path, salted_hash  # loaded on first use: see __getattr__
+
 __all__ = ["Agent", "__version__", "call_home", "count", "end_session", "flush", "init", "mask_args", "notice_text",
            "redact_path", "salted_hash", "session", "set_license", "set_property", "shutdown", "start_session",
            "status", "track", "track_exception"]
@@ -24,12 +31,15 @@ __all__ = ["Agent", "__version__", "call_home", "count", "end_session", "flush",
 _LAZY = {"mask_args": "privacy", "redact_path": "privacy", "salted_hash": "privacy"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+if not TYPE_CHECKING:  # the type checker sees the lazy names' imports above (and a misspelt name is an error)
+    def __getattr__(name: str) -> object:
+        if name in _LAZY:
+            import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'callhome' has no attribute {name!r}")
+            return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        raise AttributeError(f"module 'callhome' has no attribute {name!r}")
+
+del TYPE_CHECKING  # not a public name
 
 _default: Agent | None = None
 
@@ -54,7 +64,7 @@ def init(product_id: str | None = None, **options: object) -> None:
 
 
 def track(activity: str, user_id: str | None = None, user_id_type: str | None = None,
-          meta: dict | None = None, event_at: object = None, category: str | None = None) -> str | None:
+          meta: dict[str, Any] | None = None, event_at: object = None, category: str | None = None) -> str | None:
     """Queue one usage event; returns its ``event_id``, or None when it was not queued."""
     return _default.track(activity, user_id, user_id_type, meta, event_at, category) if _default else None
 
@@ -74,7 +84,7 @@ def end_session(session_id: str) -> bool:
     return _default.end_session(session_id) if _default else False
 
 
-def session(session_id: str | None = None):
+def session(session_id: str | None = None) -> _SessionScope:
     """``with callhome.session("id"):`` — an explicit session around a block (a random id if None)."""
     return _agent().session(session_id)
 
@@ -92,12 +102,12 @@ def set_license(type: str | None = None, expired: bool | None = None, activated:
     return _default.set_license(type, expired, activated, blocked, allowed, key)
 
 
-def count(activity: str, n: int = 1, meta: dict | None = None) -> bool:
+def count(activity: str, n: int = 1, meta: dict[str, Any] | None = None) -> bool:
     """Add ``n`` to ``activity``'s count; one aggregate record per activity and window is sent."""
     return _default.count(activity, n, meta) if _default else False
 
 
-def call_home(meta: dict | None = None) -> str | None:
+def call_home(meta: dict[str, Any] | None = None) -> str | None:
     """Queue a ``CALL_HOME`` event now."""
     return _default.call_home(meta) if _default else None
 
@@ -118,6 +128,6 @@ def notice_text() -> str:
     return _agent().notice_text()
 
 
-def status() -> dict:
+def status() -> dict[str, Any]:
     """Whether telemetry is on and why, queue depth, drops by reason, the last send's result."""
     return _agent().status()

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, as mypy reads it, without importing typing or logging
+if TYPE_CHECKING:
+    from logging import Logger
+
 __all__ = ["logger"]
 
-_logger = None
+_logger: Logger | None = None
 
 
 class _Silent:
@@ -24,10 +28,12 @@ class _Silent:
     debug = info = warning = error = exception = _drop
 
 
-_SILENT = _Silent()
+#: typed as the logger it stands in for: it has every method callhome calls on one
+_SILENT: Logger = _Silent()  # type: ignore[assignment]
 
 
-def logger():  # -> logging.Logger, untyped so that the annotation imports nothing
+def logger() -> Logger:
+    """The ``callhome`` logger; a silent stand-in while the host has not imported ``logging``."""
     global _logger
     if _logger is None:
         if "logging" not in sys.modules:

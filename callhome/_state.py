@@ -15,7 +15,10 @@ from .sessions import Sessions
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, as mypy reads it, without importing typing
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
     from typing import Any, Callable
+
+    from .aggregate import Counter
 
 __all__ = ["HostPort", "HostState", "Problems"]
 
@@ -31,20 +34,32 @@ class HostState:
         self.decision = Decision(False, "init() was not called")
         self.buffer = Buffer(max_buffer, max_buffer_bytes)
         self.counters = Counters()
-        #: aggregate counts (``callhome.aggregate.Counter``), created by the first ``count()``
-        self.counter: Any = None
-        self.count_meta: dict = {}
+        #: aggregate counts, created by the first ``count()``
+        self.counter: Counter | None = None
+        #: activity name (cleaned) → the cleaned ``meta`` ``count()`` was given for it
+        self.count_meta: dict[str, dict[str, Any]] = {}
         self.sessions = Sessions()
         #: custom properties and license fields set by the host, merged into client properties
-        self.properties: dict = {}
-        self.static: dict = {}
-        self.base_meta: dict = {}
+        self.properties: dict[str, Any] = {}
+        #: the payload fields every record of this agent shares (``payload.static_fields``)
+        self.static: dict[str, str] = {}
+        #: the meta every record of this agent carries (callhome's version, the product's, CI)
+        self.base_meta: dict[str, Any] = {}
         self.ephemeral_id = False
         self.waker: Waker | None = None
         #: held while records taken from the buffer are being written: exit waits for it
         self.persist_lock = _thread.allocate_lock()
         #: the host's latest mistakes, for ``status()`` (the worker adds what it finds in raw calls)
         self.problems = Problems()
+
+    @property
+    def cfg(self) -> Config:
+        """``config``, for code that runs only once ``init()`` has set it (the worker, a record
+        being built): typed without ``None``. :raises RuntimeError: before ``init()``."""
+        config = self.config
+        if config is None:
+            raise RuntimeError("callhome: init() was not called")
+        return config
 
 
 class Problems:
@@ -57,7 +72,7 @@ class Problems:
 
     def __init__(self, limit: int = 20) -> None:
         self.limit = limit
-        self._seen: dict = {}
+        self._seen: dict[str, None] = {}
 
     def append(self, problem: str) -> None:
         seen = self._seen
@@ -70,11 +85,11 @@ class Problems:
             except (RuntimeError, StopIteration):  # another thread changed it meanwhile: its append trims
                 break
 
-    def extend(self, problems) -> None:
+    def extend(self, problems: Iterable[str]) -> None:
         for problem in problems:
             self.append(problem)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(list(self._seen))  # list() of a dict is one C call: no other thread runs meanwhile
 
     def __len__(self) -> int:
@@ -86,9 +101,10 @@ class HostPort:
 
     __slots__ = ("queue_call_home", "accept_session", "refuse", "client_properties")
 
-    def __init__(self, queue_call_home: Callable[[dict], object],
+    def __init__(self, queue_call_home: Callable[[dict[str, Any]], object],
                  accept_session: Callable[[str, str, float, float, str], None],
-                 refuse: Callable[[Decision], None], client_properties: Callable[[dict], dict]) -> None:
+                 refuse: Callable[[Decision], None],
+                 client_properties: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         #: queue the automatic CALL_HOME
         self.queue_call_home = queue_call_home
         #: queue the record of a session that ended (a crashed process's, recovered)

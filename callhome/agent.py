@@ -7,21 +7,42 @@ turns the host's own mistakes (bad arguments) into ``ValueError`` while integrat
 
 from __future__ import annotations
 
+import _thread  # get_ident without threading, which init() imports when it needs it
 import atexit
 import os
 import sys
-import _thread  # get_ident without threading, which init() imports when it needs it
 import time
 from _weakref import ref as _weak_ref  # the C type: the weakref module costs a host ~1 ms to import
 
-from ._version import __version__
 from ._state import HostPort, HostState
+from ._version import __version__
 from .buffer import KEY_WEIGHT, OWN_THREADS, RAW_WEIGHT, RECORD_WEIGHT, Buffer, Counters, Waker
 from .config import Config, resolve
 from .optout import Decision, decide
-from .payload import (Rejected, call_label, clean_activity, clean_category, clean_meta, clean_user, coerce_event_at,
-                      new_event_id, ready_ids, static_fields)
+from .payload import (
+    Rejected,
+    call_label,
+    clean_activity,
+    clean_category,
+    clean_meta,
+    clean_user,
+    coerce_event_at,
+    new_event_id,
+    ready_ids,
+    static_fields,
+)
 from .sessions import clean_session_id, session_event_id, session_meta
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, as mypy reads it, without importing typing (nor threading)
+if TYPE_CHECKING:
+    import threading
+    from types import TracebackType
+    from typing import Any, Callable, TypeVar
+
+    from ._worker.worker import Worker
+    from .aggregate import Counter
+
+    _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 __all__ = ["Agent"]
 
@@ -42,14 +63,20 @@ def _raised_by_host(exc: BaseException) -> bool:
     return tb is not None and not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE)
 
 
-def _guarded(method):
+#: What a refused call returns, made fresh, by the method's declared return type: "not done"
+#: (False, an empty string or dict) where the type has no None for it.
+_REFUSED: dict[object, Callable[[], object]] = {"bool": bool, bool: bool, "str": str, "dict[str, Any]": dict}
+
+
+def _guarded(method: _Method) -> _Method:
     """Never let an error reach the host, except a ValueError/TypeError it asked for with ``strict``.
 
-    A refused call returns what "not done" means for the method: False for those returning a bool.
+    A refused call returns what "not done" means for the method: False for those returning a
+    bool, an empty string or dict for those returning one, None for the others.
     """
-    refused = False if method.__annotations__.get("return") in ("bool", bool) else None
+    refused = _REFUSED.get(method.__annotations__.get("return"))
 
-    def guarded(self, *args, **kwargs):
+    def guarded(self: Agent, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except (ValueError, TypeError, OverflowError, RecursionError):  # a value no call could take
@@ -60,11 +87,13 @@ def _guarded(method):
             # the host's own object fought back (its __str__, __float__, __hash__ raising): a
             # refused call; an error raised in callhome's own code is ours
             self.state.counters.add("dropped.invalid" if _raised_by_host(exc) else "internal_errors")
-        return refused
+        return refused() if refused is not None else None
 
     guarded.__name__, guarded.__qualname__, guarded.__doc__ = method.__name__, method.__qualname__, method.__doc__
-    guarded.__wrapped__ = method  # as functools.wraps would (not imported: it costs the host's import)
-    return guarded
+    # as functools.wraps would (not imported: it costs the host's import)
+    guarded.__wrapped__ = method  # type: ignore[attr-defined]
+    # the method's own signature: a refused call returns a value of its return type (see _REFUSED)
+    return guarded  # type: ignore[return-value]
 
 
 class Agent:
@@ -73,6 +102,14 @@ class Agent:
     The module-level functions of :mod:`callhome` use a default instance; a plugin that needs
     its own product id can create another.
     """
+
+    # set by _forget_worker(): the worker, once its thread built it; the thread; set once it did
+    _worker: Worker | None
+    _thread: threading.Thread | None
+    _worker_ready: threading.Event
+    # set by _set_handoff(), read by track() only while _raw (the waker is then not None)
+    _buffer: Buffer
+    _waker: Waker | None
 
     def __init__(self, product_id: str | None = None, **options: object) -> None:
         self.state = HostState()
@@ -88,7 +125,7 @@ class Agent:
         #: ``track()`` hands the raw call over; ``_off``: it is refused (see :meth:`_set_handoff`)
         self._raw, self._off = False, True
         #: activity names ``count()`` has cleaned, as the host passed them → as counted
-        self._counted: dict = {}
+        self._counted: dict[str, str] = {}
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(before=_weak_call(self, "_before_fork"),
                                 after_in_child=_weak_call(self, "_after_fork"))
@@ -163,7 +200,7 @@ class Agent:
 
     # -- events --------------------------------------------------------------------------------
     def track(self, activity: str, user_id: str | None = None, user_id_type: str | None = None,
-              meta: dict | None = None, event_at: object = None, category: str | None = None) -> str | None:
+              meta: dict[str, Any] | None = None, event_at: object = None, category: str | None = None) -> str | None:
         """Queue one event for ``/api/product/usage``; returns its ``event_id`` (None if not queued).
 
         Cheap and non-blocking. In the default mode the raw call (with a shallow copy of
@@ -195,15 +232,16 @@ class Agent:
                 buffer.extend((weight, activity, user_id, user_id_type, None if meta is None else meta.copy(),
                                event_at, category, _now(), event_id))  # RAW_FIELDS, in order
                 buffer.bytes += weight  # accepted: counted by the buffer (Buffer.accepted)
-                if self._waker.sleeping:
-                    self._waker.poke()
+                if self._waker.sleeping:  # type: ignore[union-attr]  # set whenever _raw is
+                    self._waker.poke()  # type: ignore[union-attr]
                 return event_id
         elif self._off:  # not initialised, opted out or shut down: refused at once
             return None
         return self._track(activity, user_id, user_id_type, meta, event_at, category)
 
     @_guarded
-    def _track(self, activity, user_id, user_id_type, meta, event_at, category) -> str | None:
+    def _track(self, activity: object, user_id: object, user_id_type: object, meta: object, event_at: object,
+               category: object) -> str | None:
         """``track()`` checked on the host's thread: debug, strict, per-activity modes, an
         activity that is not a ``str`` or a meta that is not a ``dict``, a call from callhome's
         own threads, the worker not started."""
@@ -211,9 +249,12 @@ class Agent:
             self.state.counters.add("dropped.recursion")
             return None
         record = self.build_record(activity, user_id, user_id_type, meta, event_at, category)
-        mode = self.state.config.activity_modes.get(record["payload"]["activity_type"]) if record else None
+        if record is None:
+            return None
+        name = record["payload"]["activity_type"]
+        mode = self.state.cfg.activity_modes.get(name)
         if mode in ("aggregate", "both"):
-            self.count(record["payload"]["activity_type"])
+            self.count(name)
         return None if mode == "aggregate" else self._accept(record)
 
     def _set_handoff(self) -> None:
@@ -226,7 +267,7 @@ class Agent:
                          and not config.activity_modes and not (self._closed or self._exited)
                          and self._thread is not None and state.waker is not None)
 
-    def count(self, activity: str, n: int = 1, meta: dict | None = None) -> bool:
+    def count(self, activity: str, n: int = 1, meta: dict[str, Any] | None = None) -> bool:
         """Add ``n`` to ``activity``'s count in the current window, sent as one aggregate record.
 
         Cheap and non-blocking (an in-memory counter). ``meta`` is attached to the records this
@@ -247,8 +288,8 @@ class Agent:
             return False
         if not self._tracking():
             return False
-        config = self.state.config
-        problems: list = []
+        config = self.state.cfg
+        problems: list[str] = []
         try:
             name = clean_activity(activity, problems)
         except Rejected as exc:
@@ -263,7 +304,8 @@ class Agent:
             if name in self.state.count_meta or len(self.state.count_meta) < MAX_COUNTED:
                 self.state.count_meta[name] = clean_meta(meta, problems)
             else:  # bounded: a window sends at most 100 activities anyway
-                problems.append(f"count meta of more than {MAX_COUNTED} activities is not kept; {name!r} counted without it")
+                problems.append(f"count meta of more than {MAX_COUNTED} activities is not kept; "
+                                f"{name!r} counted without it")
         if problems:
             self._note(problems)
         if config.debug or not self.state.decision.enabled:
@@ -285,27 +327,27 @@ class Agent:
             self._ensure_worker()
         return True
 
-    def _new_counter(self):
+    def _new_counter(self) -> Counter:
         from .aggregate import Counter
 
         with self._lock:
             if self.state.counter is None:
-                self.state.counter = Counter(self.state.config.aggregate_interval)
+                self.state.counter = Counter(self.state.cfg.aggregate_interval)
             return self.state.counter
 
     @_guarded
-    def call_home(self, meta: dict | None = None) -> str | None:
+    def call_home(self, meta: dict[str, Any] | None = None) -> str | None:
         """Queue a ``CALL_HOME`` event (the key is ``call_home_activity``) now."""
         if _thread.get_ident() in OWN_THREADS:
             self.state.counters.add("dropped.recursion")
             return None
         return self._accept(self.call_home_record(meta))
 
-    def queue_call_home(self, meta: dict | None) -> str | None:
+    def queue_call_home(self, meta: dict[str, Any] | None) -> str | None:
         """The worker's automatic CALL_HOME (also queued by the exit hook of a short run)."""
         return self._accept(self.call_home_record(meta), internal=True)
 
-    def call_home_record(self, meta: dict | None) -> dict | None:
+    def call_home_record(self, meta: dict[str, Any] | None) -> dict[str, Any] | None:
         """The CALL_HOME record (``callhome preview`` shows the automatic one); no I/O."""
         activity = self.state.config.call_home_activity if self.state.config else "CALL_HOME"
         record = self.build_record(activity, None, None, meta, None)
@@ -314,7 +356,7 @@ class Agent:
             record["props"] = True
         return record
 
-    def add_client_properties(self, record: dict) -> dict:
+    def add_client_properties(self, record: dict[str, Any]) -> dict[str, Any]:
         """Detect the client properties here and now, as the worker does when it writes a record
         flagged for them: for debug output and previews, which have no worker."""
         if record.pop("props", False):
@@ -323,14 +365,15 @@ class Agent:
             record["payload"]["meta"].update(self.client_properties(detected(self.state.decision.is_ci)))
         return record
 
-    def build_record(self, activity, user_id, user_id_type, meta, event_at, category=None) -> dict | None:
+    def build_record(self, activity: object, user_id: object, user_id_type: object, meta: object, event_at: object,
+                     category: object = None) -> dict[str, Any] | None:
         """The queue record ``track()`` would hand over (``callhome preview`` shows it); no I/O.
 
         None when telemetry is off (outside debug mode) or the activity is unusable.
         """
         if not self._tracking():
             return None
-        problems: list = []
+        problems: list[str] = []
         try:
             name = clean_activity(activity, problems)
             extra = clean_meta(meta, problems)
@@ -350,10 +393,12 @@ class Agent:
             self._note([f"{call_label(activity)}: {problem}" for problem in problems])
         return record
 
-    def _record(self, activity: str, meta: dict, event_at: int, event_id: str | None = None) -> dict:
+    def _record(self, activity: str, meta: dict[str, Any], event_at: int,
+                event_id: str | None = None) -> dict[str, Any]:
         """A usage record of this agent around ``meta`` (already clean)."""
-        config = self.state.config
-        payload = dict(self.state.static, activity_type=activity, event_id=event_id or new_event_id(), event_at=event_at)
+        config = self.state.cfg
+        payload: dict[str, Any] = dict(self.state.static, activity_type=activity,
+                                       event_id=event_id or new_event_id(), event_at=event_at)
         if config.domain:
             payload["domain"] = config.domain
         if config.ip_addr:
@@ -362,7 +407,8 @@ class Agent:
         payload["meta"] = meta
         return {"v": 1, "kind": "usage", "payload": payload}
 
-    def _internal_record(self, activity: str, meta: dict, event_at: float, event_id: str | None = None) -> dict | None:
+    def _internal_record(self, activity: str, meta: dict[str, Any], event_at: float,
+                         event_id: str | None = None) -> dict[str, Any] | None:
         """A session or exception record: the worker adds the client properties when it writes it."""
         config = self.state.config
         if config is None or not (self.state.decision.enabled or config.debug):
@@ -371,26 +417,27 @@ class Agent:
         record["props"] = True
         return record
 
-    def client_properties(self, detected: dict) -> dict:
+    def client_properties(self, detected: dict[str, Any]) -> dict[str, Any]:
         """What rides in CALL_HOME, session and exception records, given the detected properties."""
         from .properties import product_fields
 
-        return {**detected, **product_fields(self.state.config), **self.state.properties}
+        return {**detected, **product_fields(self.state.cfg), **self.state.properties}
 
     # -- sessions ----------------------------------------------------------------------------------
     def _start_session(self, session_id: str, kind: str) -> str:
         self.state.sessions.start(session_id, kind, time.time())
-        if self.state.decision.enabled and not self.state.config.debug:  # the worker journals it
-            if self._thread is None:  # a forked child whose first call this is
+        if self.state.decision.enabled and not self.state.cfg.debug:  # the worker journals it
+            waker = self.state.waker
+            if self._thread is None or waker is None:  # a forked child whose first call this is
                 self._ensure_worker()
             else:
-                self.state.waker.poke()
+                waker.poke()
         return session_id
 
     @_guarded
     def start_session(self, session_id: str) -> bool:
         """Open an explicit session (10–64 characters, unique); True when opened."""
-        if not (self._tracking() and self.state.config.sessions):
+        if not (self._tracking() and self.state.cfg.sessions):
             return False
         self._start_session(clean_session_id(session_id), "explicit")
         return True
@@ -398,14 +445,14 @@ class Agent:
     @_guarded
     def end_session(self, session_id: str) -> bool:
         """Close an explicit session: its record (activity ``session_activity``) is queued."""
-        if not (self._tracking() and self.state.config.sessions):
+        if not (self._tracking() and self.state.cfg.sessions):
             return False
         session_id = clean_session_id(session_id)
         kind, start = self.state.sessions.end(session_id)
         self.accept_session(session_id, kind, start, time.time(), "end", internal=False)
         return True
 
-    def session(self, session_id: str | None = None) -> "_SessionScope":
+    def session(self, session_id: str | None = None) -> _SessionScope:
         """``with agent.session("id"):`` — an explicit session around a block (a random id if None)."""
         return _SessionScope(self, session_id)
 
@@ -443,7 +490,7 @@ class Agent:
             raise TypeError("track_exception() needs an exception, or to be called in an except block")
         return self._exception(exc, True)
 
-    def _record_crash(self, exc: BaseException, tb) -> None:
+    def _record_crash(self, exc: BaseException, tb: TracebackType | None) -> None:
         """The interpreter hooks' entry: an uncaught exception, recorded if capture is still on."""
         try:
             config = self.state.config
@@ -459,10 +506,11 @@ class Agent:
             return None
         from .exceptions import exception_meta
 
-        meta = exception_meta(exc, handled, self.state.config.exception_messages)
+        config = self.state.cfg
+        meta = exception_meta(exc, handled, config.exception_messages)
         if self.process_session:
             meta["session_id"] = self.process_session
-        return self._accept(self._internal_record(self.state.config.exception_activity, meta, time.time()))
+        return self._accept(self._internal_record(config.exception_activity, meta, time.time()))
 
     @_guarded
     def set_property(self, slot: int, value: object) -> bool:
@@ -473,7 +521,7 @@ class Agent:
         if value is None:
             self.state.properties.pop(key, None)
             return True
-        problems: list = []
+        problems: list[str] = []
         self.state.properties[key] = clean_meta({key: value}, problems).get(key)
         if problems:
             self._note(problems)
@@ -490,21 +538,21 @@ class Agent:
 
         if self.state.config is None:
             return False
-        problems: list = []
+        problems: list[str] = []
         flags = {"expired": expired, "activated": activated, "blocked": blocked, "allowed": allowed}
         self.state.properties.update(license_fields(type, flags, key, self.state.config.license_secret, problems))
         if problems:
             self._note(problems)
         return True
 
-    def _note(self, problems: list) -> None:
+    def _note(self, problems: list[str]) -> None:
         """Count the host's mistakes; ``strict`` makes them errors, otherwise ``status()`` lists them."""
         if self._strict:
             raise ValueError("; ".join(problems))
         self.state.counters.add("coerced", len(problems))
         self.state.problems.extend(problems)
 
-    def _accept(self, record: dict | None, internal: bool = False) -> str | None:
+    def _accept(self, record: dict[str, Any] | None, internal: bool = False) -> str | None:
         """Hand a record to the worker: a ``deque.append`` and a lock-free count, nothing more."""
         if record is None:
             return None
@@ -512,28 +560,31 @@ class Agent:
         if self._exited and not internal:
             state.counters.add("dropped.after_exit")
             return None
-        if state.config.debug or not state.decision.enabled:
+        event_id: str = record["payload"]["event_id"]
+        if state.cfg.debug or not state.decision.enabled:
             self._print(record)
-            return record["payload"]["event_id"]
+            return event_id
         if not state.buffer.put(record, RECORD_WEIGHT):
             state.counters.add("dropped.buffer_full")
             return None
         state.counters.add("accepted")
-        if self._thread is None:
+        waker = state.waker
+        if self._thread is None or waker is None:
             self._ensure_worker()
         else:
-            state.waker.poke()
-        return record["payload"]["event_id"]
+            waker.poke()
+        return event_id
 
-    def _print(self, record: dict) -> None:
+    def _print(self, record: dict[str, Any]) -> None:
         """Debug mode: show the request that would be made, on stderr, and send nothing."""
         import json
 
         why = "debug mode" if self.state.decision.enabled else self.state.decision.reason
         self.add_client_properties(record)
-        request = {"method": "POST", "url": self.state.config.endpoint + "/api/product/" +
+        config = self.state.cfg
+        request = {"method": "POST", "url": config.endpoint + "/api/product/" +
                    ("usage" if record["kind"] == "usage" else "aggregateusage"),
-                   "headers": {"X-API-KEY": "***" if self.state.config.api_key else "(none)"},
+                   "headers": {"X-API-KEY": "***" if config.api_key else "(none)"},
                    "body": {"payload": record["payload"]}}
         sys.stderr.write(f"[callhome] (not sent: {why}) {json.dumps(request, sort_keys=True)}\n")
 
@@ -567,17 +618,17 @@ class Agent:
             # the agent's only heavy imports, made on the worker's thread, all before it is ready
             from ._worker.worker import Worker, preload
 
-            preload(self.state.config)
-            self._worker = Worker(self.state, self._port(), threading.current_thread())
+            preload(self.state.cfg)
+            worker = self._worker = Worker(self.state, self._port(), threading.current_thread())
         finally:
             self._worker_ready.set()
         if not self._exited:  # a run so short that its exit hook does the worker's job itself
-            self._worker.run()
+            worker.run()
 
     def _port(self) -> HostPort:
         return HostPort(self.queue_call_home, self.accept_session, self.refuse, self.client_properties)
 
-    def _worker_within(self, timeout: float):
+    def _worker_within(self, timeout: float) -> Worker | None:
         """The Worker, waiting up to ``timeout`` for its thread to build it; None if not started."""
         if self._thread is None:
             return None
@@ -616,6 +667,25 @@ class Agent:
         self._set_handoff()
         self.state.counters.add("dropped.opted_out", len(self.state.buffer.drain()))
 
+    def local_state_changed(self, directory: str, change: str) -> None:
+        """A ``telemetry`` verb changed ``directory`` in this very process (a click or typer
+        group's callback called ``init()`` before the verb ran): ``disabled`` and ``forgotten``
+        stop this agent as an opt-out does, ``id_reset`` gives it the new id. Either way what it
+        buffered, which carries the id just deleted, is dropped and counted."""
+        config = self.state.config
+        if config is None or not _same_directory(directory, config):
+            return
+        worker = self._worker_within(EXIT_WAIT)
+        if change == "id_reset":
+            if worker is not None:
+                worker.take_new_id()
+            return
+        decision = Decision(False, f"{change} by the telemetry command in this process")
+        if worker is not None:
+            worker.forsake(decision)
+        else:
+            self.refuse(decision)
+
     def _at_exit(self) -> None:
         try:
             self._end_sessions()
@@ -625,7 +695,7 @@ class Agent:
             # leave records the thread had taken in an open batch nobody publishes
             worker = self._worker_within(EXIT_WAIT) if self.state.config is not None else None
             if worker is not None:
-                worker.stop(self.state.config.exit_timeout, exiting=True)
+                worker.stop(self.state.cfg.exit_timeout, exiting=True)
         except Exception:
             pass  # never a traceback at the host's exit
 
@@ -644,7 +714,8 @@ class Agent:
         if old.waker is not None:
             old.waker.close()
         state = self.state = HostState(old.buffer.maxlen, old.buffer.max_bytes)
-        state.config, state.decision, state.static, state.base_meta = old.config, old.decision, old.static, old.base_meta
+        state.config, state.decision = old.config, old.decision
+        state.static, state.base_meta = old.static, old.base_meta
         state.ephemeral_id, state.properties, state.count_meta = old.ephemeral_id, old.properties, old.count_meta
         # the parent's counts and sessions stay the parent's: a forked child (a pool worker) is part of its run
         self.process_session = None
@@ -694,7 +765,7 @@ class Agent:
         return notice_text(config, directory)
 
     @_guarded
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """What the agent is doing and why, without touching the disk (see ``docs/architecture.md``).
 
         Merges two snapshots: this process's counters, and the worker's (queue, sender), whose
@@ -704,7 +775,7 @@ class Agent:
         seen = worker.snapshot() if worker else {}
         counts = worker.counts() if worker else state.counters.snapshot()
         dropped = {k[len("dropped."):]: v for k, v in counts.items() if k.startswith("dropped.")}
-        report = {
+        report: dict[str, Any] = {
             "version": __version__,
             "product_id": config.product_id if config else None,
             "enabled": state.decision.enabled,
@@ -735,6 +806,15 @@ class Agent:
         return report
 
 
+def _same_directory(directory: str, config: Config) -> bool:
+    from ._fs import product_dir
+
+    try:
+        return os.path.realpath(directory) == os.path.realpath(product_dir(config.product_id, config.data_dir))
+    except Exception:  # no home directory at all: this agent has no directory to share
+        return False
+
+
 def _finalize_with_multiprocessing(agent: Agent) -> None:
     """A ``multiprocessing`` child ends with ``os._exit`` and skips ``atexit``; its own exit
     functions run, so the child's records are saved there. The finaliser is registered from
@@ -755,7 +835,7 @@ _now, _ident, _take_id = time.time, _thread.get_ident, ready_ids.popleft
 MAX_COUNTED = 1024
 
 
-def _weak_call(obj: object, name: str):
+def _weak_call(obj: object, name: str) -> Callable[[], None]:
     """A callback that does nothing once ``obj`` is gone (exit and fork hooks must not keep it alive)."""
     ref = _weak_ref(obj)
 

@@ -5,16 +5,24 @@ from __future__ import annotations
 import _thread
 from itertools import count, repeat, starmap
 
-try:  # the C type itself: ``collections`` costs a host a few milliseconds to import
-    from _collections import deque
-except ImportError:  # another Python implementation
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which a host would pay for
+if TYPE_CHECKING:
     from collections import deque
+    from typing import Any, Callable, Union
+
+    #: What :meth:`Buffer.drain` hands the worker: a record the host built, or a raw ``track()`` call
+    Entry = Union[dict[str, Any], tuple[Any, ...]]
+else:
+    try:  # the C type itself: ``collections`` costs a host a few milliseconds to import
+        from _collections import deque
+    except ImportError:  # another Python implementation
+        from collections import deque
 
 __all__ = ["KEY_WEIGHT", "OWN_THREADS", "RAW_FIELDS", "RAW_WEIGHT", "RECORD_WEIGHT", "Buffer", "Counters", "Waker"]
 
 #: Idents of callhome's own threads. An event tracked from one of them (a host logging handler
 #: that forwards log lines, fed by callhome's or urllib3's own logging) would feed back forever.
-OWN_THREADS: set = set()
+OWN_THREADS: set[int] = set()
 #: What a built record (a session, an exception, a CALL_HOME) is charged in the buffer.
 RECORD_WEIGHT = 4096
 #: The fields of a raw ``track()`` call in the buffer: its weight, then activity, user_id,
@@ -50,7 +58,8 @@ class Buffer:
         self.resize(maxlen, max_bytes)
         #: the weight held (``track()`` adds to it inline, the worker's drain takes away)
         self.bytes = 0
-        self.items: deque = deque()
+        #: built records (dicts) and the fields of raw calls, flat
+        self.items: deque[Any] = deque()
         #: ``items.extend``, looked up once: ``track()`` adds a raw call's fields with it
         self.extend = self.items.extend
         #: raw calls the worker took (``track()`` does not count the calls it accepts: this
@@ -67,7 +76,7 @@ class Buffer:
         """Either bound reached (a built record counts as a ninth of a call)."""
         return len(self.items) >= self.max_items or self.bytes >= self.max_bytes
 
-    def put(self, record: dict, weight: int = RECORD_WEIGHT) -> bool:
+    def put(self, record: dict[str, Any], weight: int = RECORD_WEIGHT) -> bool:
         """Add a record the host side built."""
         if self.full():
             return False
@@ -75,7 +84,7 @@ class Buffer:
         self.bytes += weight
         return True
 
-    def drain(self) -> list:
+    def drain(self) -> list[Entry]:
         """Everything buffered, oldest first: records (dicts) and raw calls (tuples of RAW_FIELDS)."""
         items = self.items
         with self._taking:
@@ -101,13 +110,14 @@ class Buffer:
         return len(_entries(list(self.items))[0])
 
 
-def _entries(flat: list) -> tuple:
+def _entries(flat: list[Any]) -> tuple[list[Entry], int, int]:
     """``flat`` regrouped into entries, with how many are raw calls and their total weight."""
     weights = flat[::RAW_FIELDS]
     if len(flat) % RAW_FIELDS == 0 and dict not in map(type, weights):
         # raw calls only (the usual case; a record would sit where a weight is expected), in C
         return list(zip(*[iter(flat)] * RAW_FIELDS)), len(weights), sum(weights)
-    entries, i, end, calls, weight = [], 0, len(flat), 0, 0
+    entries: list[Entry] = []
+    i, end, calls, weight = 0, len(flat), 0, 0
     while i < end:
         if type(flat[i]) is dict:
             entries.append(flat[i])
@@ -129,7 +139,7 @@ class Counters:
     """
 
     def __init__(self) -> None:
-        self._counts: dict = {}
+        self._counts: dict[str, count[int]] = {}
 
     def add(self, name: str, n: int = 1) -> None:
         if n <= 0:
@@ -140,7 +150,7 @@ class Counters:
         for _ in range(n):
             next(counter)
 
-    def add_each(self, prefix: str, counts: dict) -> None:
+    def add_each(self, prefix: str, counts: dict[str, int]) -> None:
         """``{reason: n}`` (what a prune or a merge dropped) as ``<prefix><reason>`` counts."""
         for reason, n in counts.items():
             self.add(prefix + reason, n)
@@ -149,11 +159,11 @@ class Counters:
         counter = self._counts.get(name)
         return _value(counter) if counter is not None else 0
 
-    def snapshot(self, prefix: str = "") -> dict:
+    def snapshot(self, prefix: str = "") -> dict[str, int]:
         return {k[len(prefix):]: _value(v) for k, v in sorted(self._counts.items()) if k.startswith(prefix)}
 
 
-def _value(counter: count) -> int:
+def _value(counter: count[int]) -> int:
     # the one public way to read an itertools.count without advancing it
     return int(repr(counter)[6:-1])
 
@@ -183,7 +193,7 @@ class Waker:
         except OSError:  # full (the worker wakes anyway), or closed in a forked child
             pass
 
-    def wait(self, timeout: float, pending) -> None:
+    def wait(self, timeout: float, pending: Callable[[], object]) -> None:
         """Worker side: sleep up to ``timeout`` unless ``pending()`` already holds work."""
         import select
 

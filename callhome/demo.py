@@ -10,6 +10,10 @@ import tempfile
 import textwrap
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, as mypy reads it, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["run_demo"]
 
 HOST = textwrap.dedent("""\
@@ -61,14 +65,14 @@ def _until_delivered(product_dir: str, timeout: float = 15.0) -> float:
     return time.perf_counter() - started
 
 
-def _listing(path: str) -> list:
+def _listing(path: str) -> list[str]:
     try:
         return os.listdir(path)
     except OSError:
         return []
 
 
-def _run_host(code: str, state_dir: str, **extra_env: str) -> tuple[dict, float]:
+def _run_host(code: str, state_dir: str, **extra_env: str) -> tuple[dict[str, Any], float]:
     env = dict(os.environ, CALLHOME_DIR=state_dir, **extra_env)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -81,7 +85,7 @@ def _run_host(code: str, state_dir: str, **extra_env: str) -> tuple[dict, float]
         return {}, elapsed
 
 
-def _show_status(status: dict) -> None:
+def _show_status(status: dict[str, Any]) -> None:
     keys = ("enabled", "reason", "installation_id", "state", "accepted", "delivered", "queued",
             "dropped_total", "last_send")
     for key in keys:
@@ -90,7 +94,7 @@ def _show_status(status: dict) -> None:
     print(f"    {'sender':<16} {sender.get('mode')}, pid {sender.get('pid')}, sent {sender.get('sent')}")
 
 
-def _show_event(payload: dict) -> None:
+def _show_event(payload: dict[str, Any]) -> None:
     meta = {k: v for k, v in (payload.get("meta") or {}).items() if k != "installation_id"}
     user = f" user={payload['user_id']}({payload['user_id_type']})" if payload.get("user_id") else ""
     print(f"    {payload['activity_type']:<11} event_id=…{payload['event_id'][-12:]} "

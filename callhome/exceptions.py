@@ -11,19 +11,26 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, as mypy reads it, without importing typing
+if TYPE_CHECKING:
+    from collections import deque
+    from threading import ExceptHookArgs
+    from types import CodeType, TracebackType
+    from typing import Any, Callable
+
 __all__ = ["MAX_STACK", "exception_meta", "install_hooks", "scrub_home"]
 
 MAX_STACK = 1024  # one meta string
 _SEPARATOR = " > "
 
 
-def exception_meta(exc: BaseException, handled: bool, with_message: bool) -> dict:
+def exception_meta(exc: BaseException, handled: bool, with_message: bool) -> dict[str, Any]:
     """The ``meta`` of an exception record (see ``docs/data.md``)."""
     frames = _frames(exc.__traceback__)
     kind = type(exc)
     module = getattr(kind, "__module__", "") or ""
     name = kind.__qualname__ if module in ("builtins", "") else f"{module}.{kind.__qualname__}"
-    meta = {"record_type": "exception", "exception_class": name[:128], "handled": handled}
+    meta: dict[str, Any] = {"record_type": "exception", "exception_class": name[:128], "handled": handled}
     if frames:  # an exception never raised has none
         meta["stack"] = _stack(frames)
         filename, line, function = frames[-1]
@@ -33,12 +40,12 @@ def exception_meta(exc: BaseException, handled: bool, with_message: bool) -> dic
     return meta
 
 
-def _frames(tb) -> list[tuple[str, int, str]]:
+def _frames(tb: TracebackType | None) -> list[tuple[str, int, str]]:
     """Outermost to innermost; of a very deep stack the innermost ones (where it was raised),
     as many as a full ``stack`` can show (a frame takes at least 8 characters)."""
     from collections import deque
 
-    frames: deque = deque(maxlen=MAX_STACK // 8)
+    frames: deque[tuple[CodeType, int | None]] = deque(maxlen=MAX_STACK // 8)
     while tb is not None:
         frames.append((tb.tb_frame.f_code, tb.tb_lineno))
         tb = tb.tb_next
@@ -84,8 +91,8 @@ def _homes() -> list[str]:
     return sorted((h for h in homes | real if len(h) > 1), key=len, reverse=True)
 
 
-def install_hooks(record) -> None:
-    """Chain ``record(exc)`` in front of ``sys.excepthook`` and ``threading.excepthook``.
+def install_hooks(record: Callable[[BaseException, TracebackType | None], None]) -> None:
+    """Chain ``record(exc, traceback)`` in front of ``sys.excepthook`` and ``threading.excepthook``.
 
     The previous hooks always run afterwards (the host's own crash reporting, the traceback on
     stderr); ``record`` is the agent's guarded method and never raises. Ctrl-C and ``SystemExit``
@@ -95,7 +102,7 @@ def install_hooks(record) -> None:
 
     previous_sys = sys.excepthook
 
-    def sys_hook(kind, value, tb):
+    def sys_hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         try:
             if not issubclass(kind, (KeyboardInterrupt, SystemExit)):
                 record(value if value is not None else kind(), tb)
@@ -104,10 +111,11 @@ def install_hooks(record) -> None:
 
     previous_threading = threading.excepthook
 
-    def threading_hook(args):
+    def threading_hook(args: ExceptHookArgs) -> None:
         try:
-            if args.exc_type is not None and not issubclass(args.exc_type, (KeyboardInterrupt, SystemExit)):
-                record(args.exc_value, args.exc_traceback)
+            kind, value = args.exc_type, args.exc_value
+            if kind is not None and not issubclass(kind, (KeyboardInterrupt, SystemExit)):
+                record(value if value is not None else kind(), args.exc_traceback)
         finally:
             previous_threading(args)
 

@@ -12,6 +12,11 @@ from .queue import MAX_BATCH, Claim, Entry, entry_name, parse_entry, space, unfr
 
 __all__ = ["MemoryQueue"]
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
 
 class MemoryQueue:
     """Batches kept in this process only."""
@@ -21,14 +26,14 @@ class MemoryQueue:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
-        self._ready: dict = {}
-        self._inflight: dict = {}
-        self._state: dict = {}
+        self._ready: dict[str, list[bytes]] = {}
+        self._inflight: dict[Claim, list[bytes]] = {}
+        self._state: dict[str, dict[str, Any] | None] = {}
 
     def open(self) -> MemoryQueue:
         return self
 
-    def put(self, lines: list, now: float) -> int:
+    def put(self, lines: list[bytes], now: float) -> int:
         written = 0
         for start in range(0, len(lines), MAX_BATCH):
             chunk = lines[start:start + MAX_BATCH]
@@ -37,7 +42,7 @@ class MemoryQueue:
             written += size
         return written
 
-    def append(self, lines: list, now: float) -> int:
+    def append(self, lines: list[bytes], now: float) -> int:
         return self.put(lines, now)  # memory has no file to create: every put is as cheap
 
     open_records = 0
@@ -48,7 +53,7 @@ class MemoryQueue:
     def adopt_orphans(self, now: float) -> int:
         return 0  # no other process shares a memory queue
 
-    def entries(self):
+    def entries(self) -> Iterator[Entry]:
         for name in sorted(self._ready):
             entry = parse_entry(name)
             if entry is not None:
@@ -67,7 +72,7 @@ class MemoryQueue:
         self._inflight[claim] = lines
         return claim
 
-    def read(self, claim: Claim) -> list:
+    def read(self, claim: Claim) -> list[dict[str, Any] | None]:
         return [unframe(line) for line in self._inflight.get(claim, ())]
 
     def renew(self, claim: Claim, done: int, lease_until: float) -> Claim | None:
@@ -88,7 +93,7 @@ class MemoryQueue:
             e = claim.entry
             self._ready[entry_name(not_before, e.created, attempt, done, e.count, e.size, e.batch)] = lines
 
-    def take_all(self) -> list:
+    def take_all(self) -> list[bytes]:
         """Every record not yet delivered, oldest batch first, taken out (the disk is back)."""
         held = [(parse_entry(name), lines) for name, lines in self._ready.items()]
         held += [(claim.entry, lines) for claim, lines in self._inflight.items()]
@@ -109,10 +114,10 @@ class MemoryQueue:
     def quarantine(self, sub: str, name: str, reason: str) -> None:
         self._ready.pop(name, None)
 
-    def dead_letter(self, record: dict, detail: str) -> None:
+    def dead_letter(self, record: dict[str, Any], detail: str) -> None:
         pass
 
-    def prune(self, now: float, max_events: int, max_bytes: int, max_age: float) -> dict:
+    def prune(self, now: float, max_events: int, max_bytes: int, max_age: float) -> dict[str, int]:
         dropped = {"expired": 0, "queue_full": 0}
         events, size = self.depth()
         for entry in sorted(self.entries(), key=lambda e: e.created):
@@ -124,10 +129,10 @@ class MemoryQueue:
                 size -= space(entry.size)
         return dropped
 
-    def state(self, name: str) -> dict:
+    def state(self, name: str) -> dict[str, Any]:
         return dict(self._state.get(name) or {})
 
-    def set_state(self, name: str, value: dict | None) -> None:
+    def set_state(self, name: str, value: dict[str, Any] | None) -> None:
         self._state[name] = value
 
     def lock_path(self, name: str) -> None:

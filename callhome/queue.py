@@ -30,7 +30,8 @@ import zlib
 
 from ._fs import atomic_write, ensure_private_dir, fsync_dir, pid_alive, read_json, unlink_quietly, write_json
 
-__all__ = ["BLOCK", "Claim", "DiskQueue", "Entry", "entry_name", "frame", "frame_json", "parse_entry", "space", "unframe"]
+__all__ = ["BLOCK", "Claim", "DiskQueue", "Entry", "entry_name", "frame", "frame_json", "parse_entry", "space",
+           "unframe"]
 
 _SUBDIRS = ("tmp", "ready", "inflight", "corrupt", "dead", "locks", "state")
 MAX_BATCH = 64
@@ -71,7 +72,8 @@ _OURS = (".chq", ".clm")
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: the worker of a short run waits for it
 if TYPE_CHECKING:
-    from typing import BinaryIO, Iterator, NamedTuple
+    from collections.abc import Iterator
+    from typing import Any, BinaryIO, NamedTuple
 
     class Entry(NamedTuple):
         name: str
@@ -79,7 +81,7 @@ if TYPE_CHECKING:
         created: float
         attempt: int
         done: int
-        count: int
+        count: int  # type: ignore[assignment]  # shadows tuple.count, as the namedtuple below does
         size: int
         batch: str
 
@@ -99,7 +101,7 @@ else:
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(..., separators) builds one per call
 
 
-def frame(record: dict) -> bytes:
+def frame(record: dict[str, Any]) -> bytes:
     """One record as a line: CRC32 of the JSON, a space, the JSON (``ensure_ascii`` keeps one line)."""
     return frame_json(_ENCODER.encode(record).encode())
 
@@ -109,7 +111,7 @@ def frame_json(data: bytes) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(data), data)
 
 
-def unframe(line: bytes) -> dict | None:
+def unframe(line: bytes) -> dict[str, Any] | None:
     """The record in ``line``, or None when it is torn, corrupted or not a record."""
     if len(line) < 10 or line[8:9] != b" ":
         return None
@@ -192,7 +194,7 @@ class DiskQueue:
         self.nonce = os.urandom(3).hex()
         self._seq = 0
         #: this process's open batch: [path, descriptor, records, bytes, created]
-        self._open: list | None = None
+        self._open: list[Any] | None = None
 
     def open(self) -> DiskQueue:
         """Create the directories. :raises OSError: when the disk cannot hold a queue here."""
@@ -206,7 +208,7 @@ class DiskQueue:
         return os.path.join(self.dir, *parts)
 
     # -- writing ---------------------------------------------------------------------------
-    def put(self, lines: list, now: float) -> int:
+    def put(self, lines: list[bytes], now: float) -> int:
         """Publish framed records as batch files of at most ``MAX_BATCH``; returns bytes written.
 
         :raises OSError: ENOSPC, EROFS, ... (nothing is left behind in ``tmp/``).
@@ -227,7 +229,7 @@ class DiskQueue:
             written += len(data)
         return written
 
-    def append(self, lines: list, now: float) -> int:
+    def append(self, lines: list[bytes], now: float) -> int:
         """Add framed records to this process's open batch in ``tmp/``; returns bytes written.
 
         One ``write`` per call, and a file created once per batch rather than once per call
@@ -241,7 +243,7 @@ class DiskQueue:
         while lines:
             if self._open is None:
                 self._open_batch(now)
-            batch = self._open
+            batch: list[Any] = self._open  # type: ignore[assignment]  # _open_batch set it
             chunk, lines = lines[:MAX_OPEN - batch[2]], lines[MAX_OPEN - batch[2]:]
             data = b"".join(chunk)
             _write_all(batch[1], data)
@@ -266,6 +268,15 @@ class DiskQueue:
         self._open = [path, fd, 0, 0, now]
         if self.fsync:  # the file's name too: a power loss must not take the records with it
             fsync_dir(self._path("tmp"))
+
+    def discard_open(self) -> int:
+        """Delete this process's open batch unpublished; returns how many records it held."""
+        batch, self._open = self._open, None
+        if batch is None:
+            return 0
+        os.close(batch[1])
+        unlink_quietly(batch[0])
+        return int(batch[2])
 
     def publish(self) -> None:
         """Publish the open batch into ``ready/`` (one ``rename``); nothing when none is open.
@@ -334,7 +345,7 @@ class DiskQueue:
         os.close(fd)
 
     # -- reading the index -----------------------------------------------------------------
-    def _names(self, sub: str) -> list:
+    def _names(self, sub: str) -> list[str]:
         try:
             return sorted(e.name for e in os.scandir(self._path(sub)))
         except OSError:
@@ -368,13 +379,13 @@ class DiskQueue:
             size += space(entry.size)
         return events, size
 
-    def peek(self, limit: int) -> list:
+    def peek(self, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` waiting records in sending order (``ready/`` by name, then ``inflight/``),
         left where they are: what ``callhome preview`` shows. A batch claimed or deleted meanwhile
         is skipped."""
         return list(itertools.islice(self._waiting_records(), max(limit, 0)))
 
-    def _waiting_records(self) -> Iterator[dict]:
+    def _waiting_records(self) -> Iterator[dict[str, Any]]:
         for sub in ("ready", "inflight"):
             for name in self._names(sub):
                 entry = _entry_of(sub, name)
@@ -399,7 +410,7 @@ class DiskQueue:
             return None
         return Claim(entry, name, mode)
 
-    def read(self, claim: Claim) -> list:
+    def read(self, claim: Claim) -> list[dict[str, Any] | None]:
         """The records of a claimed batch (None for each unreadable line), no more than its name
         counts; none of a stray's claim, or of what is not a regular file.
 
@@ -497,7 +508,7 @@ class DiskQueue:
         self._trim("corrupt")
         return True
 
-    def dead_letter(self, record: dict, detail: str) -> None:
+    def dead_letter(self, record: dict[str, Any], detail: str) -> None:
         """Keep a record the server rejected, with the reason, for ``callhome status``/inspection."""
         event_id = str(record.get("payload", {}).get("event_id", "unknown"))[:64]
         body = json.dumps({"record": record, "detail": detail, "at": time.time()}).encode()
@@ -512,7 +523,7 @@ class DiskQueue:
         for name in names[:max(len(names) - MAX_KEPT_BAD, 0)]:
             _remove(self._path(sub, name))
 
-    def prune(self, now: float, max_events: int, max_bytes: int, max_age: float) -> dict:
+    def prune(self, now: float, max_events: int, max_bytes: int, max_age: float) -> dict[str, int]:
         """Drop expired batches, then the oldest until under the caps; returns {reason: records}."""
         dropped = {"expired": 0, "queue_full": 0}
         # strays are left to the sender, which quarantines and counts them
@@ -547,10 +558,10 @@ class DiskQueue:
                 pass
 
     # -- shared advisory state -------------------------------------------------------------
-    def state(self, name: str) -> dict:
+    def state(self, name: str) -> dict[str, Any]:
         return read_json(self._path("state", name + ".json"))
 
-    def set_state(self, name: str, value: dict | None) -> None:
+    def set_state(self, name: str, value: dict[str, Any] | None) -> None:
         path = self._path("state", name + ".json")
         try:
             if value is None:
@@ -585,13 +596,13 @@ def _open_file(path: str) -> BinaryIO | None:
     return None
 
 
-def _read_lines(path: str, limit: int) -> list:
+def _read_lines(path: str, limit: int) -> list[bytes]:
     """Up to ``limit`` lines of a batch file, an empty one for each line longer than ``MAX_LINE``
     (it reads as no record); none when it is not a regular file we may read.
 
     :raises FileNotFoundError: when it is gone (claimed or deleted meanwhile).
     """
-    lines: list = []
+    lines: list[bytes] = []
     reader = _open_file(path)
     if reader is None:
         return lines
@@ -681,7 +692,7 @@ def _fdatasync(fd: int) -> None:
     getattr(os, "fdatasync", os.fsync)(fd)
 
 
-def _open_owner(name: str) -> tuple | None:
+def _open_owner(name: str) -> tuple[str, int, str] | None:
     """(node, pid, nonce) of an open batch's file name, None for any other name."""
     if not name.endswith(_OPEN):
         return None
@@ -700,7 +711,7 @@ def _entry_of(sub: str, name: str) -> Entry | None:
     return claim[0] if claim else None
 
 
-def _parse_claim(name: str) -> tuple | None:
+def _parse_claim(name: str) -> tuple[Entry, str, int, str, str, float] | None:
     if not name.endswith(".clm"):
         return None
     head, _, tail = name[:-4].partition(".chq.")

@@ -9,6 +9,10 @@ from __future__ import annotations
 import _thread
 import os
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, as mypy reads it, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["MAX_ID", "MIN_ID", "Sessions", "clean_session_id", "session_event_id", "session_meta"]
 
 MIN_ID, MAX_ID = 10, 64
@@ -83,7 +87,7 @@ class Sessions:
             self.version += 1
 
 
-def session_meta(session_id: str, kind: str, start: float, end: float, closed_by: str) -> dict:
+def session_meta(session_id: str, kind: str, start: float, end: float, closed_by: str) -> dict[str, Any]:
     """The ``meta`` of one ended session (see ``docs/data.md``)."""
     return {"record_type": "session", "session_id": session_id, "session_kind": kind,
             "session_start": int(start), "session_end": int(end),

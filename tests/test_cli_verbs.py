@@ -17,7 +17,7 @@ from callhome import privacy
 from callhome._lock import is_held
 from callhome.cli import main
 
-from conftest import API_KEY, PRODUCT, ROOT, host_options, listing, run_host, wait_until
+from conftest import API_KEY, PRODUCT, ROOT, closed_port_url, host_options, listing, run_host, wait_until
 
 
 def verb(state_dir: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -93,6 +93,24 @@ def test_status_counts_events_held_for_want_of_a_domain(collector, state_dir):
     assert done.returncode == 0, done.stderr
     report = verb_json(state_dir, "status")
     assert report["queued"] == report["held"] == 1
+
+
+@pytest.mark.parametrize("api_key, held", [(API_KEY, 0), (None, 1)])
+def test_status_counts_held_events_by_what_the_product_lacked_not_by_this_commands_key(
+        collector, state_dir, api_key, held):
+    """The key is never saved, and a person runs ``status`` without it: a product that has one is
+    sending (here: trying, against a closed port), not holding."""
+    done = run_host(f"""
+        import callhome
+        callhome.init({host_options(collector, state_dir, api_key=api_key, endpoint=closed_port_url(),
+                                    exit_timeout=0.5)})
+        callhome.track("secondary1")
+    """)
+    assert done.returncode == 0, done.stderr
+    report = verb_json(state_dir, "status")
+    assert report["queued"] >= 1 and report["held"] == held * report["queued"], report
+    with_key = verb_json(state_dir, "status", env={"CALLHOME_API_KEY": API_KEY})
+    assert with_key["held"] == 0  # with a key here, a flush from this command would send them
 
 
 def test_status_is_the_default_verb_and_takes_the_product_from_the_environment(backlog, state_dir):

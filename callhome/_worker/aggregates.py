@@ -13,6 +13,10 @@ from .storage import Storage
 
 __all__ = ["AggregateEmitter"]
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
+if TYPE_CHECKING:
+    from typing import Any
+
 #: Counts are merged at most this often (or sooner when the flush interval is shorter).
 MERGE_EVERY = 5.0
 #: How long a periodic merge waits for the store's lock (busy: the counts wait for the next one).
@@ -34,7 +38,8 @@ class AggregateEmitter:
 
     def next_tick(self) -> float:
         """When (monotonic) the next merge is due."""
-        return self.merged_at + min(self.state.config.flush_interval, MERGE_EVERY)
+        # on Worker._cycle's path, where no check is added: the config is set before the worker runs
+        return self.merged_at + min(self.state.config.flush_interval, MERGE_EVERY)  # type: ignore[union-attr]
 
     def tick(self) -> None:
         """Merge, then send the windows that closed; a busy lock or a failing disk waits a cycle."""
@@ -63,7 +68,7 @@ class AggregateEmitter:
         if self.store is None and directory and self.storage.durable:
             path = os.path.join(directory, "aggregate-v1")
             if self.state.counter is not None or os.path.isdir(path):
-                config = self.state.config
+                config = self.state.cfg
                 self.store = AggregateStore(path, config.aggregate_interval, fsync=config.fsync).open()
         return self.store
 
@@ -91,11 +96,11 @@ class AggregateEmitter:
                 return
         self._count_drops(dropped)
 
-    def _count_drops(self, dropped: dict) -> None:
+    def _count_drops(self, dropped: dict[str, int]) -> None:
         self.state.counters.add_each("dropped.aggregate_", dropped)
 
-    def _record(self, store: AggregateStore, start: int, activity: str, count: int) -> dict:
-        state, config = self.state, self.state.config
+    def _record(self, store: AggregateStore, start: int, activity: str, count: int) -> dict[str, Any]:
+        state, config = self.state, self.state.cfg
         meta = dict(state.count_meta.get(activity, {}), **state.base_meta)
         payload = aggregate_payload(state.static, activity, start, config.aggregate_interval, count,
                                     self.storage.installation_id, config.domain, config.ip_addr, meta, store.salt)

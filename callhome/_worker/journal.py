@@ -20,11 +20,11 @@ __all__ = ["SessionJournal", "recover", "remove_journal", "write_journal"]
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Any, Callable
 
 _JOURNAL_DIR = "sessions"
 _CLAIMED = ".closing"
-_namespace: list = []  # this process's, read once
+_namespace: list[str] = []  # this process's, read once
 
 
 def pid_namespace() -> str:
@@ -62,7 +62,7 @@ def remove_journal(directory: str, name: str) -> None:
     unlink_quietly(journal_path(directory, name))
 
 
-def recover(directory: str, stale_after: float, now: float) -> tuple[list, list]:
+def recover(directory: str, stale_after: float, now: float) -> tuple[list[tuple[str, str, float, float]], list[str]]:
     """Claim the journals of dead processes: ``([(id, kind, start, last beat)], claimed paths)``.
 
     A journal is abandoned when its process is gone, or when its heartbeat is older than
@@ -76,7 +76,8 @@ def recover(directory: str, stale_after: float, now: float) -> tuple[list, list]
         names = os.listdir(folder)
     except OSError:
         return [], []
-    found, claimed_paths = [], []
+    found: list[tuple[str, str, float, float]] = []
+    claimed_paths: list[str] = []
     for name in names:
         path = os.path.join(folder, name)
         if not (name.endswith(".json") or _CLAIMED in name):
@@ -94,7 +95,7 @@ def recover(directory: str, stale_after: float, now: float) -> tuple[list, list]
     return found, claimed_paths
 
 
-def _abandoned(path: str, name: str, journal: dict, stale_after: float, now: float) -> bool:
+def _abandoned(path: str, name: str, journal: dict[str, Any], stale_after: float, now: float) -> bool:
     if _CLAIMED in name:  # a recovery that died halfway; its claimer's namespace and pid are in the name
         namespace, dash, owner = name.split(_CLAIMED + "-", 1)[-1].rpartition("-")
         if (namespace == pid_namespace() or not dash) and owner.isdigit():  # no dash: named before namespaces
@@ -118,7 +119,7 @@ def _older_than(path: str, age: float, now: float) -> bool:
         return False  # gone: claimed by someone else meanwhile
 
 
-def _sessions_of(journal: dict) -> list[tuple[str, str, float, float]]:
+def _sessions_of(journal: dict[str, Any]) -> list[tuple[str, str, float, float]]:
     try:
         beat = float(journal["beat"])
         return [(str(sid), str(kind), float(start), max(beat, float(start)))
@@ -152,7 +153,7 @@ class SessionJournal:
             if self.recovered:
                 return
             self.recovered = True
-            stale = 3 * self.state.config.heartbeat_interval + 60
+            stale = 3 * self.state.cfg.heartbeat_interval + 60
             found, claimed = recover(directory, stale, time.time())
             for session_id, kind, start, beat in found:
                 self.accept_session(session_id, kind, start, beat, "recovered")
@@ -166,12 +167,12 @@ class SessionJournal:
         """Rewrite the journal when sessions changed or a heartbeat interval has passed."""
         current = self.state.sessions
         now = time.time()
-        if self.version == current.version and now - self.written_at < self.state.config.heartbeat_interval:
+        if self.version == current.version and now - self.written_at < self.state.cfg.heartbeat_interval:
             return
         version, open_sessions = current.snapshot()
         if not open_sessions and not self.active:
             return  # nothing to journal yet
-        existed = write_journal(directory, current.name, now, open_sessions, self.state.config.fsync)
+        existed = write_journal(directory, current.name, now, open_sessions, self.state.cfg.fsync)
         if self.active and not existed:
             current.restart_all(self.written_at)  # closed by another process at that heartbeat
         self.active, self.version, self.written_at = True, version, now

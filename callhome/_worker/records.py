@@ -16,23 +16,36 @@ import re
 
 from .._state import HostState
 from ..config import Config
-from ..payload import (MAX_KEY, MAX_META_BYTES, MAX_META_KEYS, MAX_STRING, Rejected, call_label, clean_activity,
-                       clean_category, clean_meta, clean_user, coerce_event_at)
+from ..payload import (
+    MAX_KEY,
+    MAX_META_BYTES,
+    MAX_META_KEYS,
+    Rejected,
+    call_label,
+    clean_activity,
+    clean_category,
+    clean_meta,
+    clean_user,
+    coerce_event_at,
+)
 from ..queue import frame, frame_json
 from ..schema import MAX_META_KEYS as SCHEMA_META_KEYS
-from ..schema import FieldError, validate
+from ..schema import MAX_STRING, FieldError, validate
 
 __all__ = ["Records"]
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Any, Callable, Union
+
+    #: What the buffer holds: a raw ``track()`` call (``buffer.RAW_FIELDS`` fields) or a record the host side built
+    Item = Union[tuple[Any, ...], dict[str, Any]]
 
 
 #: Activity names whose encoded start is remembered (a product has tens; a bound all the same).
 MAX_NAMES = 1024
 
-_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_quote = json.encoder.encode_basestring_ascii
 
 #: The one rule a record may break when it is queued: records wait for an ``ip_addr`` or
 #: ``domain`` (held), which the sender fills in from the configuration at send time.
@@ -47,7 +60,7 @@ _PLAIN_VALUES = frozenset((str, int, float, bool))
 _SUSPECT = re.compile(r'\\|NaN|Infinity|:-?\d{16}|" | "|"":').search
 
 
-def _flat_encoder() -> Callable[[dict], str]:
+def _flat_encoder() -> Callable[[dict[str, Any]], str]:
     """Encode a flat, clean dict (what ``clean_meta`` returns): the C encoder called directly
     skips ``JSONEncoder.encode``'s Python layers, a third of the cost for a small dict."""
     make = getattr(json.encoder, "c_make_encoder", None)
@@ -58,7 +71,7 @@ def _flat_encoder() -> Callable[[dict], str]:
     return lambda value: "".join(chunks(value, 0))
 
 
-def _valid_unicode(payload: dict) -> bool:
+def _valid_unicode(payload: dict[str, Any]) -> bool:
     """Whether every string can be sent as UTF-8, as a receiver's JSON parser insists."""
     try:
         json.dumps(payload, ensure_ascii=False).encode("utf-8")
@@ -70,18 +83,19 @@ def _valid_unicode(payload: dict) -> bool:
 class Records:
     """Turns buffered items into queue lines for one agent's state."""
 
-    def __init__(self, state: HostState, client_properties: Callable[[], dict]) -> None:
+    def __init__(self, state: HostState, client_properties: Callable[[], dict[str, Any]]) -> None:
         self.state = state
         self.client_properties = client_properties
         self._encode = _flat_encoder()
-        self._shared: tuple = (None, None)  # (config, installation id) what follows is encoded for
+        #: (config, installation id) what follows is encoded for
+        self._shared: tuple[Config | None, str | None] = (None, None)
         self._start = ""  # the payload up to its activity_type
-        self._heads: dict = {}  # activity as given → the payload up to its event_id
-        self._tail_meta: dict = {}  # the meta keys the agent adds
+        self._heads: dict[object, str] = {}  # activity as given → the payload up to its event_id
+        self._tail_meta: dict[str, Any] = {}  # the meta keys the agent adds
         self._tail = "{}"  # the same, encoded: the meta of a call without meta
         self._tail_rest = "}"  # what follows the host's own keys, encoded as they are
 
-    def lines(self, items: list, installation_id: str | None) -> list:
+    def lines(self, items: list[Item], installation_id: str | None) -> list[bytes]:
         """The framed lines of ``items`` that can be sent (the others are counted)."""
         config = self.state.config
         if config is None:  # the worker runs only once init() gave one
@@ -97,8 +111,8 @@ class Records:
                 except Exception as exc:  # the host's objects fought back (a __str__ or timestamp() raising)
                     self._refuse(item[1], f"{type(exc).__name__} while reading its arguments")
                     continue
-            else:
-                line = self._built(item, installation_id)
+            else:  # a built record (mypy narrows `type(item) is tuple` in its own branch only)
+                line = self._built(item, installation_id)  # type: ignore[arg-type]
             if line is None:
                 continue
             if len(line) > limit:
@@ -107,7 +121,7 @@ class Records:
             lines.append(line)
         return lines
 
-    def _built(self, record: dict, installation_id: str | None) -> bytes | None:
+    def _built(self, record: dict[str, Any], installation_id: str | None) -> bytes | None:
         """A record the host side built, with the client properties it carries, checked by the
         schema the collector applies (a record it would refuse is dropped here, and named)."""
         payload = record["payload"]
@@ -125,7 +139,7 @@ class Records:
             return None
         return frame(record)
 
-    def _add_properties(self, payload: dict, meta: dict) -> None:
+    def _add_properties(self, payload: dict[str, Any], meta: dict[str, Any]) -> None:
         """The client properties, up to the schema's cap on meta keys. At the cap the record's own
         meta (the host's keys and callhome's) comes first, then the properties in their order:
         detected (OS, Python, ...), the product's fields, then the license and custom properties
@@ -144,9 +158,9 @@ class Records:
                 f"{payload.get('activity_type')} meta is capped at {SCHEMA_META_KEYS} keys: "
                 f"{', '.join(left_out[:8])}{' ...' if len(left_out) > 8 else ''} left out")
 
-    def _raw(self, raw: tuple) -> bytes | None:
+    def _raw(self, raw: tuple[Any, ...]) -> bytes | None:
         _, activity, user_id, user_id_type, meta, event_at, category, now, event_id = raw
-        problems: list = []
+        problems: list[str] = []
         head = self._heads.get(activity) if type(activity) is str else None
         if head is None:
             head = self._head_for(activity)
@@ -165,7 +179,7 @@ class Records:
             self._note(activity, problems)
         return frame_json(f'{head}{event_id}","event_at":{at}{who},"meta":{encoded_meta}}}}}'.encode())
 
-    def _as_is(self, meta: dict) -> str | None:
+    def _as_is(self, meta: dict[Any, Any]) -> str | None:
         """``meta`` and the agent's keys encoded without a copy, when cleaning could not change
         ``meta`` (the common case, checked in C but for one ``re`` search); else None."""
         if len(meta) > MAX_META_KEYS or not _PLAIN_VALUES.issuperset(map(type, meta.values())) \
@@ -182,7 +196,7 @@ class Records:
             return None
         return text[:-1] + self._tail_rest
 
-    def _cleaned(self, meta: dict | None, category: object, problems: list) -> str:
+    def _cleaned(self, meta: dict[Any, Any] | None, category: object, problems: list[str]) -> str:
         extra = clean_meta(meta, problems) if meta else {}
         if category is not None:
             category = clean_category(category, problems)
@@ -194,7 +208,7 @@ class Records:
     def _head_for(self, activity: object) -> str | None:
         """The record's start up to its ``event_id`` for an activity name not seen yet (or None:
         the name is unusable, and the call is dropped)."""
-        problems: list = []
+        problems: list[str] = []
         try:
             name = clean_activity(activity, problems)
         except Rejected as exc:
@@ -231,6 +245,6 @@ class Records:
         self.state.counters.add("dropped.invalid")
         self.state.problems.append(f"{call_label(activity)} dropped: {why}")
 
-    def _note(self, activity: object, problems: list) -> None:
+    def _note(self, activity: object, problems: list[str]) -> None:
         self.state.counters.add("coerced", len(problems))
         self.state.problems.extend(f"{call_label(activity)}: {problem}" for problem in problems)

@@ -8,6 +8,7 @@ import time
 from .._lock import FileLock
 from .._log import logger
 from .._state import HostState
+from ..queue import DiskQueue
 from .storage import Storage
 
 __all__ = ["CallHomeSchedule", "next_due"]
@@ -20,7 +21,7 @@ MAX_JITTER = 3600.0
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Any, Callable
 
 
 def next_due(last: float, interval: float, draw: float) -> float:
@@ -35,7 +36,7 @@ def _draw() -> float:
 class CallHomeSchedule:
     """Decides whether this process owes the product's CALL_HOME, now or once the interval passes."""
 
-    def __init__(self, state: HostState, storage: Storage, queue_call_home: Callable[[dict], object]) -> None:
+    def __init__(self, state: HostState, storage: Storage, queue_call_home: Callable[[dict[str, Any]], object]) -> None:
         self.state = state
         self.storage = storage
         self.queue_call_home = queue_call_home
@@ -52,7 +53,7 @@ class CallHomeSchedule:
         Checked when the worker starts and again once the interval has passed, so a server that
         runs for weeks still calls home once a day.
         """
-        interval = self.state.config.call_home_interval
+        interval = self.state.cfg.call_home_interval
         self.due = float("inf")
         if interval <= 0 or not self.storage.durable:
             return  # without shared state the interval cannot be kept: send none rather than many
@@ -61,6 +62,7 @@ class CallHomeSchedule:
         if time.time() - last < interval:  # the common case needs no lock
             self.due = next_due(last, interval, _draw())
             return
+        assert isinstance(queue, DiskQueue)  # durable: the queue is on disk
         try:
             with FileLock(queue.lock_path("state")).acquire(2.0):
                 last, now = self._last(), time.time()  # again, under the lock
@@ -77,6 +79,6 @@ class CallHomeSchedule:
 
     def _last(self) -> float:
         try:
-            return float(self.storage.queue.state("call_home").get("at", 0))
+            return float(self.storage.opened.state("call_home").get("at", 0))
         except (TypeError, ValueError):  # a state file edited by hand
             return 0.0

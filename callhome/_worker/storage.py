@@ -39,11 +39,18 @@ class Storage:
     def durable(self) -> bool:
         return self.disk_error is None and self.directory is not None
 
+    @property
+    def opened(self) -> DiskQueue | MemoryQueue:
+        """The queue, for the steps that run once :meth:`setup` opened it."""
+        queue = self.queue
+        assert queue is not None
+        return queue
+
     def setup(self) -> None:
         """Read the saved choices; if they allow it, open the queue and show the notice. Idempotent."""
         if self.queue is not None or self.refused is not None:
             return
-        config = self.state.config
+        config = self.state.cfg
         directory = self.directory = self.product_directory()
         self.choices = choices.Watch(directory)
         decision = decide(config, choices=self.choices())
@@ -56,20 +63,21 @@ class Storage:
 
     def product_directory(self) -> str | None:
         try:
-            return product_dir(self.state.config.product_id, self.state.config.data_dir)
+            return product_dir(self.state.cfg.product_id, self.state.cfg.data_dir)
         except Exception:  # no home directory at all: memory-only
             return None
 
-    def open(self, directory: str | None) -> tuple:
+    def open(self, directory: str | None) -> tuple[DiskQueue | MemoryQueue, str | None, str | None]:
         """(queue, installation id, why the disk is unusable) for the current configuration."""
-        config = self.state.config
         try:
             if directory is None:
                 raise FileNotFoundError("no home directory for callhome's state")
+            config = self.state.cfg
             queue = DiskQueue(directory, config.fsync).open()
             queue.adopt_orphans(time.time())  # a killed process's open batch: its records go on
             settings = {"endpoint": config.endpoint, "domain": config.domain, "ip_addr": config.ip_addr,
-                        "relay": config.relay, "consent": config.consent, "send_in_ci": config.send_in_ci}
+                        "relay": config.relay, "consent": config.consent, "send_in_ci": config.send_in_ci,
+                        "held_for": config.held_for}  # the key itself is never saved; whether one was given is
             if queue.state("agent") != settings:  # every process starts here: write only on change
                 queue.set_state("agent", settings)
             installation_id = None if self.state.ephemeral_id else identity.load_or_create(
@@ -80,10 +88,12 @@ class Storage:
             logger().debug("callhome: disk queue unusable (%s); memory-only delivery", reason)
             return MemoryQueue(reason), None, reason
 
-    def go_memory_only(self, exc: BaseException) -> None:
+    def go_memory_only(self, exc: BaseException) -> MemoryQueue:
+        """Swap the queue for one in memory, and return it."""
         self.disk_error = f"{type(exc).__name__}: {exc}"
         logger().debug("callhome: disk queue unusable (%s); memory-only delivery", self.disk_error)
-        self.queue = MemoryQueue(self.disk_error)
+        queue = self.queue = MemoryQueue(self.disk_error)
+        return queue
 
     def retry_disk(self) -> bool:
         """Open the disk queue again (a full disk may have room now) and move what memory holds
@@ -113,10 +123,10 @@ class Storage:
         saved = self.choices()
         if is_ci or saved.get("notice_version") == choices.NOTICE_VERSION:
             return
-        if show_on_terminal(self.state.config, directory):
+        if show_on_terminal(self.state.cfg, directory):
             self.deferred = True
         elif saved.get("notice_logged_version") != choices.NOTICE_VERSION:
-            logger().warning("%s", notice_text(self.state.config, directory))
+            logger().warning("%s", notice_text(self.state.cfg, directory))
             try:
                 choices.save(directory, notice_logged_version=choices.NOTICE_VERSION, notice_logged_at=int(time.time()))
             except OSError:

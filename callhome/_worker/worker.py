@@ -13,14 +13,15 @@ import os
 import threading
 import time
 
-from .. import choices
+from .. import choices, identity
 from .._log import logger
 from .._state import HostPort, HostState
 from ..buffer import OWN_THREADS
-from ..optout import OPT_OUT_VARIABLES, decide, product_variable
-from ..payload import make_event_ids
-from ..sender.files import request_flush
 from ..config import Config
+from ..optout import OPT_OUT_VARIABLES, Decision, decide, product_variable
+from ..payload import make_event_ids
+from ..queue import DiskQueue
+from ..sender.files import request_flush
 from ..sender.launch import Launcher, spawn_problem
 from .aggregates import AggregateEmitter
 from .journal import SessionJournal
@@ -29,6 +30,12 @@ from .spool import Spool
 from .storage import Storage
 
 __all__ = ["Worker", "preload"]
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar
+
+    _T = TypeVar("_T")
 
 #: The longest a record waits in memory while the host is tracking.
 PERSIST_EVERY = 0.05
@@ -56,8 +63,8 @@ def preload(config: Config) -> None:
     import json  # noqa: F401
     import locale  # noqa: F401  (client properties)
     import select  # noqa: F401  (the waker)
-    from .. import _digest  # noqa: F401  (aggregate ids, the product directory's name)
 
+    from .. import _digest  # noqa: F401  (aggregate ids, the product directory's name)
     from .._fs import atomic_write, ensure_private_dir  # noqa: F401
     from ..payload import platform_triple  # noqa: F401
 
@@ -95,8 +102,15 @@ class Worker:
         self._checked_at = -CHECK_EVERY
         self._quiet_until = 0.0  # monotonic: until then a pass only persists (see _cycle)
         self._disk_tried_at = 0.0
-        self._decided: tuple = ()
+        self._decided: tuple[object, ...] = ()
         self._flush_stamp: int | None = None  # the stamp of this process's latest flush request
+
+    @property
+    def _active_launcher(self) -> Launcher:
+        """The launcher, for the steps that run once :meth:`_setup` made it."""
+        launcher = self.launcher
+        assert launcher is not None
+        return launcher
 
     # -- called from the host's threads ------------------------------------------------------
     def flush(self, timeout: float) -> bool:
@@ -114,7 +128,7 @@ class Worker:
     def _wait_until_sent(self, deadline: float, lost: int, asked: float) -> bool:
         while True:
             self.spool.refresh_depth(force=True)
-            self.launcher.refresh(force=True)
+            self._active_launcher.refresh(force=True)
             if self.spool.depth[0] == 0 and not self.state.buffer:
                 self._settled(min(deadline, time.monotonic() + 1.0))
                 return self.lost() == lost  # a record dropped or rejected meanwhile was not delivered
@@ -127,7 +141,9 @@ class Worker:
         with self._done:
             self._flush_wanted += 1
             ticket = self._flush_wanted
-        self.state.waker.force()
+        waker = self.state.waker
+        assert waker is not None  # made before the worker's thread
+        waker.force()
         with self._done:
             while self._flush_done < ticket:
                 remaining = deadline - time.monotonic()
@@ -139,13 +155,13 @@ class Worker:
     def _settled(self, until: float) -> None:
         """Let the sender say its cycle ended (it acks a batch, then publishes ``idle``): after a
         flush, ``status()`` describes the queue it emptied."""
-        while self.launcher.snapshot()["state"].startswith("sending") and time.monotonic() < until:
+        while self._active_launcher.snapshot()["state"].startswith("sending") and time.monotonic() < until:
             time.sleep(FLUSH_POLL)
-            self.launcher.refresh(force=True)
+            self._active_launcher.refresh(force=True)
 
     def _stuck(self, asked: float) -> bool:
         """The sender answered our request with a state that waits (backoff, auth, held, ...)."""
-        snapshot = self.launcher.snapshot()
+        snapshot = self._active_launcher.snapshot()
         if self._held_here() or snapshot["state"].startswith(("disabled", "deferred")):
             return True
         updated = snapshot.get("updated") or 0
@@ -198,7 +214,7 @@ class Worker:
     def _persist_with_own_handle(self) -> None:
         storage = Storage(self.state)
         directory = storage.product_directory()
-        if directory and not decide(self.state.config, choices=choices.load(directory)).enabled:
+        if directory and not decide(self.state.cfg, choices=choices.load(directory)).enabled:
             return
         storage.queue, installation_id, storage.disk_error = storage.open(directory)
         spool = Spool(self.state, storage, self.port.client_properties)
@@ -230,6 +246,7 @@ class Worker:
         if self.spool.depth[0]:
             self._guard(self._ensure_sender)  # a backlog from earlier runs
         waker = self.state.waker
+        assert waker is not None  # made before this thread
         while not self._stopping and self.storage.refused is None:
             moved = self._guard(self._cycle)
             if moved is None:
@@ -246,7 +263,7 @@ class Worker:
             self._flush_done = self._flush_wanted
             self._done.notify_all()
 
-    def _guard(self, step):
+    def _guard(self, step: Callable[[], _T]) -> _T | None:
         """Run one step; an unexpected error is counted and logged at debug, never shown to the host."""
         try:
             return step()
@@ -257,7 +274,7 @@ class Worker:
 
     def _interval(self) -> float:
         # jittered so that a fleet started together does not call home in lockstep
-        config = self.state.config
+        config = self.state.cfg
         wait = config.flush_interval * (0.8 + 0.4 * int.from_bytes(os.urandom(2), "big") / 65535)
         if self.journal.active:
             wait = min(wait, config.heartbeat_interval)
@@ -284,7 +301,8 @@ class Worker:
             make_event_ids()  # the ids the host's next calls take
             return moved
         moved = self._full_cycle()
-        self._quiet_until = min(self._checked_at + CHECK_EVERY, self.launcher.next_probe,
+        # unchecked, as the rest of the pass: _setup() made the launcher before the loop began
+        self._quiet_until = min(self._checked_at + CHECK_EVERY, self.launcher.next_probe,  # type: ignore[union-attr]
                                 self.aggregates.next_tick(), now + self.schedule.due - time.time())
         return moved
 
@@ -304,8 +322,8 @@ class Worker:
         counted = self.spool.publish(force=forced)
         if forced or self.aggregates.due():
             self.aggregates.tick()  # also windows that other processes left to send
-        if forced and self.storage.queue.dir:
-            self._flush_stamp = request_flush(self.storage.queue.dir)
+        if forced and (queue_dir := self.storage.opened.dir):
+            self._flush_stamp = request_flush(queue_dir)
         if (forced or moved) and not counted:  # the depth a flush waits on: listed once per cycle
             self.spool.refresh_depth(force=forced)
         if self.spool.depth[0] or forced:
@@ -324,11 +342,11 @@ class Worker:
             return True
         if forced or self._checked_at - self._disk_tried_at >= DISK_RETRY:
             self._retry_disk()
-        if self.launcher.config is not self.state.config:
-            self.launcher.reconfigure(self.state.config)
+        if self._active_launcher.config is not self.state.config:
+            self._active_launcher.reconfigure(self.state.cfg)
         self._beat()
-        self.launcher.reap()
-        self.launcher.refresh()
+        self._active_launcher.reap()
+        self._active_launcher.refresh()
         self.spool.refresh_depth(force=True)  # the sender empties the queue: stop asking for one
         self.spool.maintain()
         self.spool.keep_within_caps()  # the product's processes together may have gone over
@@ -361,7 +379,7 @@ class Worker:
 
         ``decide()`` runs again only when an opt-out variable or the saved choices changed.
         """
-        config, saved = self.state.config, self.storage.choices()
+        config, saved = self.state.cfg, self.storage.choices()
         key = (config, id(saved), tuple(os.environ.get(name) for name in OPT_OUT_VARIABLES),
                os.environ.get(product_variable(config)), tuple(os.environ.get(n) for n in config.optout_env))
         if key == self._decided:
@@ -373,15 +391,15 @@ class Worker:
         self.storage.refused = decision
         self.port.refuse(decision)
         with self.state.persist_lock:
-            self.state.counters.add("dropped.opted_out", self.storage.queue.purge())
-        self.launcher.retire_all("disabled: " + str(decision.reason))
+            self.state.counters.add("dropped.opted_out", self.storage.opened.purge())
+        self._active_launcher.retire_all("disabled: " + str(decision.reason))
         return True
 
     def _sender_wanted(self) -> bool:
         return not (self.storage.deferred or self._held_here()) and self.spool.depth[0] > 0
 
     def _held_here(self) -> bool:
-        return self.state.config.held_for is not None
+        return self.state.cfg.held_for is not None
 
     def _ensure_sender(self, force: bool = False) -> None:
         """Keep a sender for the queued work (``force``: a flush, which tries despite a backoff)."""
@@ -391,31 +409,56 @@ class Worker:
 
     def _launcher(self) -> Launcher:
         """The launcher for the queue in use: the disk failed (memory and a thread now), or is back."""
-        if self.launcher.queue is not self.storage.queue:
-            self.launcher.stop(0)
+        if self._active_launcher.queue is not self.storage.queue:
+            self._active_launcher.stop(0)
             self.launcher = self._new_launcher()
-        return self.launcher
+        return self._active_launcher
 
     def _new_launcher(self) -> Launcher:
-        return Launcher(self.state.config, self.storage.queue, self.storage.choices, self.state.counters)
+        return Launcher(self.state.cfg, self.storage.opened, self.storage.choices, self.state.counters)
+
+    # -- a telemetry verb run inside this very process --------------------------------------
+    def forsake(self, decision: Decision) -> None:
+        """``disable`` or ``forget``: stop as an opt-out does, leaving nothing on disk (this
+        process's open batch holds records with the installation id just deleted)."""
+        with self._setup_lock, self.state.persist_lock:  # a worker still opening the queue: after it
+            self.storage.refused = decision
+            self.port.refuse(decision)  # what the buffer holds is dropped and counted
+            queue = self.storage.queue
+            if isinstance(queue, DiskQueue):
+                self.state.counters.add("dropped.opted_out", queue.discard_open())
+        self._release_flush_waiters()
+        if self.state.waker is not None:
+            self.state.waker.force()  # the loop ends
+
+    def take_new_id(self) -> None:
+        """``reset-id``: what this process buffered under the old id is dropped, the rest goes
+        out under a new one (the next record encoded asks for it)."""
+        with self._setup_lock, self.state.persist_lock:
+            self.state.counters.add("dropped.id_reset", len(self.state.buffer.drain()))
+            if self.storage.installation_id is not None and self.storage.directory:
+                self.storage.installation_id = identity.load_or_create(
+                    self.storage.directory, self.state.cfg.product_id)
 
     # -- sessions ----------------------------------------------------------------------------
     def _recover_sessions(self) -> None:
-        if self.journal.enabled(self.storage.directory, self.storage.durable):
-            self.journal.recover(self.storage.directory, self.state.persist_lock, self.spool.persist,
+        directory = self.storage.directory
+        if directory is not None and self.journal.enabled(directory, self.storage.durable):
+            self.journal.recover(directory, self.state.persist_lock, self.spool.persist,
                                  lambda: self.storage.durable)
             self._beat()
 
     def _beat(self) -> None:
-        if self.journal.enabled(self.storage.directory, self.storage.durable) and not self._stopping:
-            self.journal.beat(self.storage.directory)
+        directory = self.storage.directory
+        if directory is not None and self.journal.enabled(directory, self.storage.durable) and not self._stopping:
+            self.journal.beat(directory)
 
     # -- what status() shows -----------------------------------------------------------------
     def lost(self) -> int:
         counts = self.counts()
         return sum(n for name, n in counts.items() if name.startswith("dropped.")) + counts.get("rejected", 0)
 
-    def counts(self) -> dict:
+    def counts(self) -> dict[str, int]:
         """This process's counters, with what the product's sender process did since it started."""
         counts = self.state.counters.snapshot()
         if self.launcher is not None:
@@ -423,7 +466,7 @@ class Worker:
                 counts[name] = counts.get(name, 0) + n
         return counts
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """What ``Agent.status()`` shows of the worker and the sender."""
         storage, launcher = self.storage, self.launcher
         sender = launcher.snapshot() if launcher else None

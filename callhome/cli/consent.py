@@ -50,6 +50,8 @@ def disable(target: _Target, args: argparse.Namespace) -> int:
     saved_to = choices.save(_anchor(target), "global" if args.ch_global else "product",
                             disabled=True, consent=False)
     directories = _product_dirs(target.root) if args.ch_global else [target.product_directory]
+    for directory in directories:  # first, so that it writes nothing after the wipe
+        _this_process_follows(directory, "disabled")
     wiped = [(_delete_id(directory), DiskQueue(directory).wipe()) for directory in directories]
     report: dict[str, Any] = {"saved_to": saved_to, "scope": "global" if args.ch_global else "product",
                               "enabled": False, "deleted_installation_ids": [old for old, _ in wiped if old],
@@ -117,6 +119,7 @@ def reset_id(target: _Target, args: argparse.Namespace) -> int:
     from ..identity import ID_FILE
 
     old = _delete_id(target.product_directory)
+    _this_process_follows(target.product_directory, "id_reset")
     report = {"old_installation_id": old, "deleted": old is not None, "id_file": target.path(ID_FILE)}
     if target.json:
         _emit(report, True)
@@ -153,7 +156,9 @@ def forget(target: _Target, args: argparse.Namespace) -> int:
         if not _confirm(f"Delete all local callhome state of {target.product_id} ({directory})? [y/N] "):
             print("nothing deleted", file=sys.stderr)
             return 1
-    if existed:
+    _this_process_follows(directory, "forgotten")  # its worker may be creating the directory right now
+    if existed or os.path.isdir(directory):
+        existed = True
         _stop_the_sender(target)
         _remove_tree(shutil, directory)
     report = {"deleted": existed, "state_dir": directory}
@@ -162,6 +167,15 @@ def forget(target: _Target, args: argparse.Namespace) -> int:
     else:
         print(f"deleted {directory}" if existed else f"nothing stored for {target.product_id} ({directory})")
     return 0
+
+
+def _this_process_follows(directory: str, change: str) -> None:
+    """The verbs may run inside the product's own process (a click or typer group whose callback
+    called ``init()``): its agent holds records, a session at least, that would reach the disk
+    at exit with the id just deleted. It drops them; for ``disabled`` and ``forgotten`` it stops."""
+    agent = getattr(sys.modules.get("callhome"), "_default", None)
+    if agent is not None:
+        agent.local_state_changed(directory, change)
 
 
 def _stop_the_sender(target: _Target, wait: float = 2.0) -> None:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..config import Config
+    from ..queue import DiskQueue
 
 
 def status(target: _Target, args: argparse.Namespace) -> int:
@@ -103,13 +104,23 @@ def _queue_report(target: _Target, config: Config) -> dict[str, Any]:
     last = sentlog.tail(target.path(sentlog.FILE), 1)
     return {
         "queued": queued, "queued_bytes": size,
-        "held": queued if config.held_for else 0,  # the worker keeps them until a domain/ip_addr and a key
+        "held": queued if _held(queue, config) else 0,
         "dead_lettered": _count(queue.dir, "dead"), "corrupt": _count(queue.dir, "corrupt"),
         "backoff_until": _when(paused or None), "backoff_reason": backoff.get("detail") if paused else None,
         "auth_failed": _when(auth_until(queue, config.api_key, time.time()) or None), "auth_reason": auth.get("detail"),
         "last_call_home": _when(queue.state("call_home").get("at")),
         "last_send": _log_row(last[-1]) if last else None,
     }
+
+
+def _held(queue: DiskQueue, config: Config) -> bool:
+    """Whether the queued records wait for a setting. The API key is never saved, so this command
+    rarely has it: what the product's last run said it lacked counts, and the settings given here
+    (an identity, a key in the environment) only when they complete what it lacked."""
+    saved = queue.state("agent")
+    if "held_for" not in saved:  # a run of an older version: judged by this command's settings
+        return config.held_for is not None
+    return saved["held_for"] is not None and config.held_for is not None
 
 
 def _sender_report(target: _Target) -> dict[str, Any]:

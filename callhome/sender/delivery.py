@@ -13,7 +13,7 @@ import enum
 import os
 import threading
 import time
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import backoff, sentlog
 from .._lock import Busy, FileLock
@@ -23,6 +23,10 @@ from ..config import Config
 from ..optout import OPT_OUT_VARIABLES, decide
 from .files import AUTH_PAUSE, auth_until, backoff_state, key_hash
 from .transport import AUTH, OK, REJECTED, SendResult, open_transport
+
+if TYPE_CHECKING:
+    from ..memqueue import MemoryQueue
+    from ..queue import Claim, DiskQueue, Entry
 
 __all__ = ["Sender", "SenderState", "Transport", "fill_identity"]
 
@@ -58,7 +62,7 @@ class SenderState(enum.Enum):
 class Transport(Protocol):
     """What the sender needs of a transport (``HttpTransport``; tests may inject their own)."""
 
-    def send(self, kind: str, payload: dict) -> SendResult: ...
+    def send(self, kind: str, payload: dict[str, Any]) -> SendResult: ...
 
     def url(self, kind: str) -> str: ...
 
@@ -86,7 +90,7 @@ class _Cycle:
 class Sender:
     """Delivers the queue of one product; remembers the last answer for ``status()``."""
 
-    def __init__(self, queue, counters: Counters, choices: Callable[[], dict] = dict,
+    def __init__(self, queue: DiskQueue | MemoryQueue, counters: Counters, choices: Callable[[], dict[str, Any]] = dict,
                  honour_opt_outs: bool = True, transport: TransportFactory = open_transport,
                  progress: Callable[[], None] = lambda: None) -> None:
         self.queue = queue
@@ -101,17 +105,19 @@ class Sender:
         self.in_flight = False
         self.kind = SenderState.IDLE
         self.detail = ""
-        self.last_send: dict | None = None
+        self.last_send: dict[str, Any] | None = None
         #: the last answer that was not a success: kept past the successes that follow it
-        self.last_error: dict | None = None
+        self.last_error: dict[str, Any] | None = None
         #: called after the records of a batch are settled, before the batch leaves the queue:
         #: whoever watches the queue empty then also sees the counts that emptied it
         self.progress = progress
         self._new_transport = transport
-        self._sent: list = []
-        self._decided: tuple = (None, None)
+        self._sent: list[dict[str, Any]] = []
+        #: (what the last decision depended on, whether it allowed sending); no key is None, so the
+        #: first call decides
+        self._decided: tuple[object, bool] = (None, None)  # type: ignore[assignment]
         self._backing_off = True  # the first success of this process ends the shared backoff's streak
-        self._transports: dict = {}
+        self._transports: dict[int, tuple[tuple[str, str | None, float], Transport]] = {}
         self._lock: FileLock | None = None
 
     @property
@@ -173,7 +179,7 @@ class Sender:
         """
         if self.queue.dir is None or self.queue.depth()[0] <= PARALLEL_BACKLOG:
             return self._drain(cycle, 0)
-        results: list = []
+        results: list[bool] = []
 
         def second() -> None:
             OWN_THREADS.add(threading.get_ident())
@@ -197,10 +203,10 @@ class Sender:
                 return False
         return True
 
-    def _lease(self, config: Config, entry) -> float:
+    def _lease(self, config: Config, entry: Entry) -> float:
         return min(600.0, (2 * config.timeout + 10) * (entry.count - entry.done))
 
-    def _send_batch(self, cycle: _Cycle, claim, slot: int) -> bool:
+    def _send_batch(self, cycle: _Cycle, claim: Claim, slot: int) -> bool:
         """Send one claimed batch; False when the cycle must stop (failure, stop, out of time).
 
         Progress is saved in the claim's name after every record (one ``rename``), so a sender
@@ -229,21 +235,22 @@ class Sender:
                 return False
             done += 1
             if done < len(records):
-                claim = self.queue.renew(claim, done, time.time() + self._lease(cycle.config, claim.entry))
-                if claim is None:
+                renewed = self.queue.renew(claim, done, time.time() + self._lease(cycle.config, claim.entry))
+                if renewed is None:
                     return True  # lost the claim (lease expired); the new owner goes on
+                claim = renewed
         # lines the file lacks (torn, or fewer than its name counts), not counted twice after a restart
         self.counters.add("dropped.corrupt", max(claim.entry.count - max(len(records), claim.entry.done), 0))
         self.progress()
         self.queue.ack(claim)
         return True
 
-    def _quarantine(self, claim) -> None:
+    def _quarantine(self, claim: Claim) -> None:
         """Move a batch that cannot be sent to ``corrupt/``; what it still held is counted."""
         self.queue.quarantine("inflight", claim.name, "unreadable")
         self.counters.add("dropped.corrupt", claim.entry.count - claim.entry.done)
 
-    def _send_record(self, cycle: _Cycle, claim, record, index: int, slot: int) -> bool:
+    def _send_record(self, cycle: _Cycle, claim: Claim, record: dict[str, Any] | None, index: int, slot: int) -> bool:
         """Settle one record; False (after releasing the claim) when sending must pause."""
         config = cycle.config
         if record is None:
@@ -277,13 +284,13 @@ class Sender:
         if not self.honour_opt_outs:
             return True
         choices = self.choices()
-        key = (config, id(choices), tuple(os.environ.get(name) for name in OPT_OUT_VARIABLES),
-               config.optout_env and tuple(os.environ.get(name) for name in config.optout_env))
+        key: tuple[object, ...] = (config, id(choices), tuple(os.environ.get(name) for name in OPT_OUT_VARIABLES),
+                                   config.optout_env and tuple(os.environ.get(name) for name in config.optout_env))
         if self._decided[0] != key:
             self._decided = (key, decide(config, choices=choices).enabled)
         return self._decided[1]
 
-    def _end_streak(self, cycle: _Cycle, claim) -> None:
+    def _end_streak(self, cycle: _Cycle, claim: Claim) -> None:
         """The first success after failures: replay the backlog at about the rate it was created.
 
         Every installation of a product meets the same outage and comes back within the hour; if
@@ -295,7 +302,7 @@ class Sender:
             self._pace(cycle, claim, shared.until)
         self.queue.set_state("backoff", None)
 
-    def _pace(self, cycle: _Cycle, claim, held_until: float) -> None:
+    def _pace(self, cycle: _Cycle, claim: Claim, held_until: float) -> None:
         """Push the waiting batches' not-before times out as :func:`backoff.replay` says (the batch
         in flight goes on), within half of ``max_age``: the replay must not age a record out."""
         now = time.time()
@@ -307,13 +314,13 @@ class Sender:
             if not_before > max(entry.not_before, now):
                 self._reschedule(cycle, entry, not_before)
 
-    def _reschedule(self, cycle: _Cycle, entry, not_before: float) -> None:
+    def _reschedule(self, cycle: _Cycle, entry: Entry, not_before: float) -> None:
         """Give a ready batch a later not-before time: taken and given back (two renames)."""
         taken = self.queue.claim(entry, cycle.mode, time.time() + self._lease(cycle.config, entry))
         if taken is not None:  # else another sender took it meanwhile: it sends it
             self.queue.release(taken, entry.done, entry.attempt, not_before)
 
-    def _pause(self, config: Config, claim, index: int, result: SendResult) -> bool:
+    def _pause(self, config: Config, claim: Claim, index: int, result: SendResult) -> bool:
         now = time.time()
         if result.outcome == AUTH:
             self.queue.set_state("auth", {"key": key_hash(config.api_key), "until": now + AUTH_PAUSE,
@@ -351,7 +358,7 @@ class Sender:
         self._backing_off = True
         return until
 
-    def _remember(self, result: SendResult, url: str, payload: dict) -> None:
+    def _remember(self, result: SendResult, url: str, payload: dict[str, Any]) -> None:
         """Keep the answer for ``status()``, and the request for the sent log (written per cycle)."""
         self.last_send = {"at": time.time(), "outcome": result.outcome, "status": result.status,
                           "detail": result.detail}
@@ -404,7 +411,7 @@ class Sender:
         self._transports.clear()
 
 
-def fill_identity(payload: dict, config: Config) -> dict:
+def fill_identity(payload: dict[str, Any], config: Config) -> dict[str, Any]:
     """Add the configured ``domain``/``ip_addr`` to a record persisted before they were known."""
     if payload.get("domain") or payload.get("ip_addr"):
         return payload

@@ -36,9 +36,21 @@ AUTH_PAUSE = 3600.0
 #: shared directory) before it counts as written by a clock that jumped.
 CLOCK_SLACK = 60.0
 
-#: The shared backoff: every process waits until ``until`` (a time); ``failures`` in a row so far;
-#: ``retry_after``: the longest wait the server asked for in this pause (0.0: none).
-Backoff = namedtuple("Backoff", "until failures retry_after")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple, TypeGuard
+
+    from ..memqueue import MemoryQueue
+    from ..queue import DiskQueue
+
+    class Backoff(NamedTuple):
+        until: float
+        failures: int
+        retry_after: float
+else:
+    #: The shared backoff: every process waits until ``until`` (a time); ``failures`` in a row so far;
+    #: ``retry_after``: the longest wait the server asked for in this pause (0.0: none).
+    Backoff = namedtuple("Backoff", "until failures retry_after")
 NO_BACKOFF = Backoff(0.0, 0, 0.0)
 
 
@@ -51,7 +63,7 @@ def state_path(queue_dir: str, name: str) -> str:
     return os.path.join(queue_dir, "state", name + ".json")
 
 
-def read_status(queue_dir: str) -> dict:
+def read_status(queue_dir: str) -> dict[str, Any]:
     """The last ``sender.json`` of the product whose queue is ``queue_dir`` (``{}`` if none)."""
     return read_json(state_path(queue_dir, STATUS_FILE))
 
@@ -70,7 +82,7 @@ def request_retirement(queue_dir: str, settings: str, started: float, why: str) 
                                                 "why": why})
 
 
-def _write(path: str, value: dict) -> None:
+def _write(path: str, value: dict[str, Any]) -> None:
     try:
         write_json(path, value)
     except OSError:
@@ -93,10 +105,11 @@ def key_hash(api_key: str | None) -> str:
     """How ``auth.json`` names the key it paused for (never the key itself)."""
     from .._digest import sha256  # only when an auth pause is on disk, or in the sender
 
-    return sha256((api_key or "").encode()).hexdigest()[:16]
+    digest: str = sha256((api_key or "").encode()).hexdigest()[:16]  # _digest.sha256 may be an untyped module
+    return digest
 
 
-def paused_until(queue, config: Config) -> float:
+def paused_until(queue: DiskQueue | MemoryQueue, config: Config) -> float:
     """Until when the product needs no sender: while every process waits out the shared backoff
     or a refused key, and after an outage while the replay holds every waiting batch back, until
     the first comes due (a sender started meanwhile would exit idle, and be started again, all day)."""
@@ -105,13 +118,13 @@ def paused_until(queue, config: Config) -> float:
     return until if until > now else _first_due(queue)
 
 
-def _first_due(queue) -> float:
+def _first_due(queue: DiskQueue | MemoryQueue) -> float:
     """The earliest not-before time in ``ready/`` (names sort by it), 0.0 when nothing waits there."""
     first = next(iter(queue.entries()), None)
     return first.not_before if first is not None else 0.0
 
 
-def backoff_state(queue, now: float) -> Backoff:
+def backoff_state(queue: DiskQueue | MemoryQueue, now: float) -> Backoff:
     """The shared backoff, read the way every process of the product must read it.
 
     ``until`` is taken as at most ``MAX_DELAY`` after the file was written, or the largest
@@ -128,7 +141,7 @@ def backoff_state(queue, now: float) -> Backoff:
     return Backoff(until, min(failures, backoff.MAX_FAILURES), asked) if until is not None else NO_BACKOFF
 
 
-def auth_until(queue, api_key: str | None, now: float) -> float:
+def auth_until(queue: DiskQueue | MemoryQueue, api_key: str | None, now: float) -> float:
     """Until when ``api_key`` is not to be sent with (it was refused), at most ``AUTH_PAUSE`` after
     ``auth.json`` was written; 0.0 for another key, or no (or a malformed) file."""
     state = queue.state("auth")
@@ -149,13 +162,13 @@ def _bounded(until: float, written: float, now: float, longest: float) -> float 
     return min(until, min(written, now) + longest)
 
 
-def _written(queue, name: str, now: float) -> float:
+def _written(queue: DiskQueue | MemoryQueue, name: str, now: float) -> float:
     """When a state file was last written (a memory queue's state is this process's own: now)."""
     stamp = mtime_ns(state_path(queue.dir, name)) if queue.dir else None
     return now if stamp is None else stamp / 1e9
 
 
-def _finite(value: object) -> bool:
+def _finite(value: object) -> TypeGuard[float]:
     """A number of a shared state file, which a person or another version may have edited."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < float("inf")
 

@@ -26,7 +26,12 @@ __all__ = ["Launcher", "spawn_problem"]
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (a short-lived host waits for it)
 if TYPE_CHECKING:
-    from typing import Any
+    import subprocess
+    from typing import Any, Callable
+
+    from ..memqueue import MemoryQueue
+    from ..queue import DiskQueue
+    from .loop import SenderLoop
 
 #: A sender not seen alive is looked for again at most this often (a ``flock`` probe).
 PROBE_EVERY = 0.5
@@ -62,7 +67,8 @@ def spawn_problem() -> str | None:
 class Launcher:
     """Keeps one sender of the product alive while this process has work for it."""
 
-    def __init__(self, config: Config, queue, choices, counters: Counters) -> None:
+    def __init__(self, config: Config, queue: DiskQueue | MemoryQueue, choices: Callable[[], dict[str, Any]],
+                 counters: Counters) -> None:
         self.config = config
         self.queue = queue
         self.choices = choices
@@ -73,19 +79,20 @@ class Launcher:
             problem = "sender='thread'"
         self.fallback: str | None = problem or spawn_problem()
         self.spawned = 0
-        self._child: Any = None  # a _Child, or a Popen where there is no posix_spawn
+        self._child: _Child | subprocess.Popen[bytes] | None = None  # a Popen where there is no posix_spawn
         self._child_started = 0.0
         self._failures = 0
         self._probed_at = -PROBE_EVERY
-        self._loop: Any = None  # the SenderLoop of a thread sender
+        self._loop: SenderLoop | None = None  # a thread sender's
         self._thread: threading.Thread | None = None
-        self._status: dict = {}
+        self._status: dict[str, Any] = {}
         self._status_at = -STATUS_EVERY
-        self._baseline: tuple = (None, {})
+        #: (pid, started) of the sender whose counts are read, and its counts when this process started
+        self._baseline: tuple[tuple[object, object] | None, dict[str, int]] = (None, {})
         self._fingerprint = fingerprint(config)
         self._retire_asked = False
         self._warned: object = None
-        self._folded: dict = {}
+        self._folded: dict[str, int] = {}
 
     @property
     def next_probe(self) -> float:
@@ -108,7 +115,7 @@ class Launcher:
             return  # looked less than PROBE_EVERY ago: the worker calls this every 50 ms
         self._probed_at = moment
         if not self._child_alive():
-            if not is_held(self.queue.lock_path(LOCK_NAME)):
+            if not is_held(self.queue.lock_path(LOCK_NAME)):  # type: ignore[arg-type]  # no fallback: on disk
                 if force or time.time() >= paused_until(self.queue, self.config):
                     self._spawn()  # (a sender started during a backoff would only wait, then exit idle)
                 return
@@ -144,7 +151,9 @@ class Launcher:
         if self._status.get("config") not in (None, self._fingerprint) and isinstance(started, (int, float)) \
                 and started < self.created and not self._retire_asked:
             self._retire_asked = True
-            request_retirement(self.queue.dir, self._fingerprint, self.created, "replaced by newer settings")
+            # reached only without a fallback, so with a queue on disk
+            request_retirement(self.queue.dir, self._fingerprint, self.created,  # type: ignore[arg-type]
+                               "replaced by newer settings")
 
     def reap(self) -> None:
         """Collect a sender that exited (a host that is PID 1 must not gather zombies)."""
@@ -260,7 +269,7 @@ class Launcher:
         self._status = status
         self._warn_once(status)
 
-    def _warn_once(self, status: dict) -> None:
+    def _warn_once(self, status: dict[str, Any]) -> None:
         """The sender process logs nowhere the host sees: what the host must know is said here."""
         state = str(status.get("state", ""))
         if state.startswith("auth_failed") and self._warned != status.get("started"):
@@ -271,7 +280,7 @@ class Launcher:
         self._folded = self.sender_counts()
         self._status = {}
 
-    def sender_counts(self) -> dict:
+    def sender_counts(self) -> dict[str, int]:
         """What the product's senders in other processes did since this process started."""
         counts = dict(self._folded)
         baseline = self._baseline[1]
@@ -280,14 +289,14 @@ class Launcher:
                 counts[name] = counts.get(name, 0) + n - baseline.get(name, 0)
         return counts
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """``status()["sender"]``: mode, whether one runs, its pid, since when, sent, last error,
         and how many this process started (``spawned``) or failed to start (``spawn_failures``)."""
         shown = self._snapshot()
         shown["spawned"], shown["spawn_failures"] = self.spawned, self.counters.get("sender.failed")
         return shown
 
-    def _snapshot(self) -> dict:
+    def _snapshot(self) -> dict[str, Any]:
         if self.fallback:
             loop = self._loop
             running = bool(self._thread is not None and self._thread.is_alive())
@@ -335,7 +344,7 @@ class _Child:
         return self.returncode
 
 
-def _start(argv: list, handoff: bytes) -> object:
+def _start(argv: list[str], handoff: bytes) -> _Child | subprocess.Popen[bytes]:
     """Start the detached sender with ``handoff`` on its stdin; returns an object with ``poll()``.
 
     ``os.posix_spawn`` where there is one: it spares the worker the import of ``subprocess``
@@ -368,7 +377,7 @@ def _start(argv: list, handoff: bytes) -> object:
     return _Child(pid)
 
 
-def _inheritable_descriptors() -> list:
+def _inheritable_descriptors() -> list[int]:
     """The host's descriptors a spawned child would inherit (Python makes its own non-inheritable)."""
     for folder in ("/proc/self/fd", "/dev/fd"):
         try:
@@ -386,12 +395,14 @@ def _inheritable_descriptors() -> list:
     return []
 
 
-def _start_with_popen(argv: list, handoff: bytes) -> object:
+def _start_with_popen(argv: list[str], handoff: bytes) -> subprocess.Popen[bytes]:
     import subprocess
 
-    flags = {"creationflags": 0x8 | 0x200} if os.name == "nt" else {"start_new_session": True}  # detached
-    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             close_fds=True, env=_child_environment(), **flags)
+    # detached; Any: with a dict of one type, mypy matches it against every keyword (encoding too)
+    flags: dict[str, Any] = {"creationflags": 0x8 | 0x200} if os.name == "nt" else {"start_new_session": True}
+    child: subprocess.Popen[bytes] = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+        env=_child_environment(), **flags)
     try:
         child.stdin.write(handoff)  # type: ignore[union-attr]
         child.stdin.close()  # type: ignore[union-attr]
@@ -400,7 +411,7 @@ def _start_with_popen(argv: list, handoff: bytes) -> object:
     return child
 
 
-def _child_environment() -> dict:
+def _child_environment() -> dict[str, str]:
     """The host's environment (opt-outs, proxies, CA bundles), with this copy of callhome first
     on the path so that ``-m callhome`` finds it even when the host put it there by hand."""
     env = {k: v for k, v in os.environ.items() if k not in ("CALLHOME_API_KEY", "REO_API_KEY")}  # on stdin

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._fs import mtime_ns, read_json, write_json
 from .._lock import Busy, FileLock
@@ -23,6 +23,10 @@ from ..config import Config
 from .delivery import Sender, SenderState, TransportFactory
 from .files import FLUSH_FILE, LOCK_NAME, RETIRE_FILE, STATUS_FILE, fingerprint, state_path
 from .transport import open_transport
+
+if TYPE_CHECKING:
+    from ..memqueue import MemoryQueue
+    from ..queue import DiskQueue
 
 __all__ = ["SenderLoop"]
 #: How often an idle sender looks for new batches (a ``stat`` of ``ready/``, nothing more).
@@ -41,7 +45,7 @@ class SenderLoop:
     """Runs delivery cycles for one product until idle for ``config.sender_idle_timeout``, past
     ``config.sender_lifetime``, or stopped."""
 
-    def __init__(self, config: Config, queue, choices: Callable[[], dict], mode: str,
+    def __init__(self, config: Config, queue: DiskQueue | MemoryQueue, choices: Callable[[], dict[str, Any]], mode: str,
                  counters: Counters | None = None, transport: TransportFactory = open_transport) -> None:
         self.config = config
         self.queue = queue
@@ -56,7 +60,7 @@ class SenderLoop:
         self._status_at = 0.0
         #: when the status was last published (a flush trusts only a state newer than its request)
         self.updated = 0.0
-        self._shown: tuple = ()
+        self._shown: tuple[str, str | None, int] | tuple[()] = ()
         self._ready_stamp: int | None = None
         self._scanned_at = 0.0
         # a flush asked for in the last seconds is this sender's to answer (it may have been
@@ -190,8 +194,8 @@ class SenderLoop:
             return
         status = {"pid": os.getpid(), "mode": self.mode, "started": self.started, "updated": self.updated,
                   "resources": _resources() if self.mode == "process" else None,
-                  "state": self.sender.state, "ended": self.ended, "config": self.fingerprint, "counts": self.counters.snapshot(),
-                  "answered": self.answered,
+                  "state": self.sender.state, "ended": self.ended, "config": self.fingerprint,
+                  "counts": self.counters.snapshot(), "answered": self.answered,
                   "last_send": last, "last_error": self.sender.last_error}
         try:
             write_json(self._state_path(STATUS_FILE), status)
@@ -206,7 +210,7 @@ def _after(value: object, moment: float) -> bool:
     return isinstance(value, (int, float)) and value > moment
 
 
-def _resources() -> dict:
+def _resources() -> dict[str, float]:
     """The sender process's own CPU seconds and peak memory, for ``status()`` and the benchmarks."""
     times = os.times()
     resources = {"cpu_seconds": round(times.user + times.system, 4)}

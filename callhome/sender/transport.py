@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..backoff import parse_retry_after
@@ -29,6 +29,13 @@ from ..schema import AGGREGATE_PATH, USAGE_PATH
 
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Iterator
+    from types import ModuleType
+
+    from requests import Session
+    from requests.adapters import HTTPAdapter
+    from urllib3 import BaseHTTPResponse
+    from urllib3.connectionpool import HTTPConnectionPool
 
 __all__ = ["AUTH", "OK", "REJECTED", "RETRY", "ClientTransport", "HttpTransport", "SendResult", "classify",
            "open_transport", "preload"]
@@ -128,12 +135,12 @@ class HttpTransport:
         # scratch costs a quarter of a loopback round trip.
         self._templates = {kind: self.session.prepare_request(requests.Request(
             "POST", endpoint + path, headers=headers, data=b"{}")) for kind, path in _PATHS.items()}
-        self._pools: dict = {}
+        self._pools: dict[str, HTTPConnectionPool] = {}
 
     def url(self, kind: str) -> str:
         return self.endpoint + _PATHS[kind]
 
-    def send(self, kind: str, payload: dict) -> SendResult:
+    def send(self, kind: str, payload: dict[str, Any]) -> SendResult:
         """POST one record; never raises."""
         body = _ENCODER.encode({"payload": payload}).encode()
         event_id = str(payload.get("event_id", ""))
@@ -149,17 +156,18 @@ class HttpTransport:
                 return _failed(exc, self.timeout[1])
         return classify(response.status, _json(data), response.headers.get("Retry-After"))
 
-    def _send_adapter(self, kind: str, body: bytes, event_id: str):
+    def _send_adapter(self, kind: str, body: bytes, event_id: str) -> BaseHTTPResponse:
         """Through the session's adapter (which knows proxies), not ``Session.send``: that one reads
         the whole body of a redirect, whatever its size."""
         request = self._templates[kind].copy()
         request.prepare_body(body, None)
         request.headers["Idempotency-Key"] = event_id
-        adapter = self.session.get_adapter(request.url)
-        return adapter.send(request, stream=True, timeout=self.timeout, verify=self.session.verify,
-                            proxies=self.session.proxies).raw
+        adapter = self.session.get_adapter(request.url)  # type: ignore[arg-type]  # a prepared request has its URL
+        raw: BaseHTTPResponse = adapter.send(request, stream=True, timeout=self.timeout, verify=self.session.verify,
+                                             proxies=self.session.proxies).raw
+        return raw
 
-    def _direct_pool(self, kind: str):
+    def _direct_pool(self, kind: str) -> HTTPConnectionPool | None:
         """The session's own keep-alive connection pool for this endpoint, when no proxy applies.
 
         Posting through the pool skips the ``Session``/``Response`` machinery that a
@@ -170,21 +178,23 @@ class HttpTransport:
             return None
         if kind not in self._pools:
             template = self._templates[kind]
-            adapter = self.session.get_adapter(template.url)
+            url: str = template.url  # type: ignore[assignment]  # a prepared request has its URL
+            adapter: HTTPAdapter = self.session.get_adapter(url)  # type: ignore[assignment]  # _session mounts one
             if hasattr(adapter, "get_connection_with_tls_context"):  # requests >= 2.32.2
                 pool = adapter.get_connection_with_tls_context(template, self.session.verify)
             else:
-                pool = adapter.get_connection(template.url)
-                adapter.cert_verify(pool, template.url, self.session.verify, None)
+                pool = adapter.get_connection(url)
+                adapter.cert_verify(pool, url, self.session.verify, None)
             self._pools[kind] = pool
         return self._pools[kind]
 
-    def _send_direct(self, pool, kind: str, body: bytes, event_id: str):
+    def _send_direct(self, pool: HTTPConnectionPool, kind: str, body: bytes, event_id: str) -> BaseHTTPResponse:
         import urllib3
 
         headers = dict(self._templates[kind].headers, **{"Idempotency-Key": event_id,
                                                          "Content-Length": str(len(body))})
-        return pool.urlopen("POST", self._templates[kind].path_url, body=body, headers=headers,
+        # the template's headers are all str (requests types them str | bytes)
+        return pool.urlopen("POST", self._templates[kind].path_url, body=body, headers=headers,  # type: ignore[arg-type]
                             retries=False, redirect=False, assert_same_host=False,
                             timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]),
                             preload_content=False, decode_content=False)
@@ -193,7 +203,7 @@ class HttpTransport:
         self.session.close()
 
 
-def _read_capped(response) -> bytes:
+def _read_capped(response: BaseHTTPResponse) -> bytes:
     """At most :data:`MAX_BODY` of a ``urllib3`` answer's body. Its connection goes back to the
     pool only when the body was read to its end: what is left of a larger one is not drained
     (it may never end), and the connection is closed instead."""
@@ -216,7 +226,7 @@ def preload(endpoint: str) -> None:
         import requests  # noqa: F401
 
 
-def open_transport(endpoint: str, api_key: str | None, timeout: float):
+def open_transport(endpoint: str, api_key: str | None, timeout: float) -> HttpTransport | ClientTransport:
     """The cheapest transport that behaves as ``requests`` would for this endpoint and environment."""
     if _needs_requests(endpoint):
         return HttpTransport(endpoint, api_key, timeout)
@@ -252,7 +262,7 @@ class ClientTransport:
     def url(self, kind: str) -> str:
         return self.endpoint + _PATHS[kind]
 
-    def send(self, kind: str, payload: dict) -> SendResult:
+    def send(self, kind: str, payload: dict[str, Any]) -> SendResult:
         """POST one record; never raises."""
         body = _ENCODER.encode({"payload": payload}).encode()
         headers = dict(self._headers, **{"Idempotency-Key": str(payload.get("event_id", "")),
@@ -264,7 +274,7 @@ class ClientTransport:
                 self.close()
                 return _failed(exc, self.timeout)
 
-    def _request(self, path: str, body: bytes, headers: dict) -> http.client.HTTPResponse:
+    def _request(self, path: str, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
         """Send the request; the answer with its status line and headers read."""
         reused = self._connection is not None
         try:
@@ -277,7 +287,7 @@ class ClientTransport:
         self.close()
         return self._exchange(path, body, headers)
 
-    def _exchange(self, path: str, body: bytes, headers: dict) -> http.client.HTTPResponse:
+    def _exchange(self, path: str, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
         connection = self._connection or self._connect()
         connection.request("POST", path, body, headers)
         return connection.getresponse()
@@ -321,7 +331,7 @@ def _deadline(seconds: float) -> Iterator[None]:
 
 
 def _time_left() -> float:
-    left = _current.deadline - time.monotonic()
+    left: float = _current.deadline - time.monotonic()
     if left <= 0:  # (a zero timeout would make the socket non-blocking, not time out)
         raise socket.timeout("timed out")
     return left
@@ -395,14 +405,14 @@ class _ClientConnection(_DeadlineConnection):
             self.sock = self._tls.wrap_socket(self.sock, server_hostname=self.host)
 
 
-@functools.lru_cache(maxsize=None)
-def _deadline_pools() -> dict:
+@functools.cache
+def _deadline_pools() -> dict[str, type[HTTPConnectionPool]]:
     """urllib3's connection pools by scheme, with connections that keep the request's deadline."""
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
     def connection(base: Any) -> type:
         def _new_conn(self: Any) -> socket.socket:
-            sock = base._new_conn(self)
+            sock: socket.socket = base._new_conn(self)
             sock.settimeout(_time_left())  # the TLS handshake that may follow waits only for what is left
             return sock
 
@@ -412,8 +422,8 @@ def _deadline_pools() -> dict:
             for scheme, pool in (("http", HTTPConnectionPool), ("https", HTTPSConnectionPool))}
 
 
-@functools.lru_cache(maxsize=None)
-def _deadline_adapter() -> type:
+@functools.cache
+def _deadline_adapter() -> type[HTTPAdapter]:
     """A ``requests`` adapter whose pools, direct or through a proxy, are :func:`_deadline_pools`."""
     import requests
 
@@ -431,7 +441,7 @@ def _deadline_adapter() -> type:
     return DeadlineAdapter
 
 
-def _host_port(address: str) -> tuple:
+def _host_port(address: str) -> tuple[str, int | None]:
     if address.startswith("["):
         host, _, rest = address[1:].partition("]")
         return host, int(rest[1:]) if rest.startswith(":") else None
@@ -439,14 +449,16 @@ def _host_port(address: str) -> tuple:
     return host, int(port) if port else None
 
 
-def _tls_context():
+def _tls_context() -> ssl.SSLContext:
     """Verified TLS with the CA bundle ``requests`` would use: ``REQUESTS_CA_BUNDLE`` or
     ``CURL_CA_BUNDLE`` (a file or a directory), else certifi's, else the system's."""
     import ssl
 
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
-        return ssl.create_default_context(**{"capath" if os.path.isdir(bundle) else "cafile": bundle})
+        if os.path.isdir(bundle):
+            return ssl.create_default_context(capath=bundle)
+        return ssl.create_default_context(cafile=bundle)
     try:
         import certifi
 
@@ -455,14 +467,14 @@ def _tls_context():
         return ssl.create_default_context()
 
 
-def _session(requests, endpoint: str):
+def _session(requests: ModuleType, endpoint: str) -> Session:
     """A session that honours the environment's proxies and CA bundle, resolved once.
 
     ``requests`` re-reads every proxy variable on each request (a scan of ``os.environ``
     that costs more than the request itself on loopback); resolving it once per session
     keeps the same behaviour at a fraction of the cost. Its connections keep the request's deadline.
     """
-    session = requests.Session()
+    session: Session = requests.Session()
     adapter = _deadline_adapter()()
     session.mount("https://", adapter)
     session.mount("http://", adapter)
