@@ -617,3 +617,23 @@ def unsigned(answer):
     if isinstance(answer, dict) and isinstance(answer.get("url"), str):
         return dict(answer, url=re.sub(r"/file/[^/]+$", "/file/<token>", answer["url"]))
     return answer
+
+
+@pytest.mark.slow
+def test_python_blocks_pass_mypy_strict(tmp_path):
+    """What a user's ``mypy --strict`` says of the documented snippets: callhome's public API is
+    typed for them (each block is a module of its own; not-run blocks are checked too)."""
+    pytest.importorskip("mypy")
+    blocks = [b for b in ALL_BLOCKS if b.kind == "python"]
+    for n, block in enumerate(blocks):
+        (tmp_path / f"block_{n}.py").write_text(f"# {block.where}\n{block.text}", encoding="utf-8")
+    checked = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                              "--cache-dir", str(tmp_path / ".mypy_cache"), "--ignore-missing-imports",
+                              *sorted(str(p) for p in tmp_path.glob("block_*.py"))],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    def on_the_page(match: re.Match[str]) -> str:  # the block's file starts with one line of its own
+        block = blocks[int(match.group(1))]
+        return f"{block.page}:{block.line + int(match.group(2)) - 1}"
+
+    report = "\n".join(re.sub(r"^.*?block_(\d+)\.py:(\d+)", on_the_page, line) for line in checked.stdout.splitlines())
+    assert checked.returncode == 0, report
