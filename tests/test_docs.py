@@ -627,7 +627,8 @@ def test_python_blocks_pass_mypy_strict(tmp_path):
     blocks = [b for b in ALL_BLOCKS if b.kind == "python"]
     for n, block in enumerate(blocks):
         (tmp_path / f"block_{n}.py").write_text(f"# {block.where}\n{block.text}", encoding="utf-8")
-    checked = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+    # only the snippets are judged (callhome itself is checked by CI with the current dependencies)
+    checked = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent",
                               "--cache-dir", str(tmp_path / ".mypy_cache"), "--ignore-missing-imports",
                               *sorted(str(p) for p in tmp_path.glob("block_*.py"))],
                              capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -534,8 +534,10 @@ LATE = """def late(name, agent, clock=time.monotonic, dumps=json.dumps, join=os.
             began = clock()
             result = agent.track("late", meta={{"from": name}})
             took = clock() - began
-            with open(join({out!r}, name + ".json"), "w") as f:
-                f.write(dumps({{"result": result, "took": took, "dropped": agent.status()["dropped"]}}))"""
+            # bytes: at the end of finalization Python 3.9 can no longer look up a text file's codec
+            with open(join({out!r}, name + ".json"), "wb") as f:
+                report = {{"result": result, "took": took, "dropped": agent.status()["dropped"]}}
+                f.write(dumps(report).encode("utf-8"))"""
 
 
 def late_reports(folder, *names) -> dict:
