@@ -377,12 +377,19 @@ def another_process_starts_beside(live, session_id: str, collector, state_dir) -
 def test_a_live_process_journal_is_never_claimed(collector, state_dir, make_agent):
     options = host_options(collector, state_dir, sessions=True, heartbeat_interval=1)
     live = start_host(f"""
-        import json, os, sys, time, callhome
+        import glob, json, os, sys, time, callhome
         callhome.init({options})
+        began = time.monotonic()
         callhome.start_session("live-session-01")
         print(json.dumps({{"pid": os.getpid()}}), flush=True)
         sys.stdin.readline()
-        time.sleep(1.2)  # a heartbeat after the other process ran: it would notice a stolen journal
+        # a heartbeat after the other process ran (it would notice a stolen journal), and a session
+        # long enough for the duration checked below; waited for, within a deadline
+        read_at, deadline = time.time(), time.monotonic() + 30
+        [journal] = glob.glob(os.path.join({journal_dir(state_dir)!r}, f"{{os.getpid()}}-*.json"))
+        while (os.stat(journal).st_mtime <= read_at or time.monotonic() - began < 1.2) \\
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert callhome.end_session("live-session-01")
     """, stdin=subprocess.PIPE)
     another_process_starts_beside(live, "live-session-01", collector, state_dir)
